@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One entry point for people and CI:
+#   ./manage.sh run    install what is missing, then run the daemon on ./data
+#   ./manage.sh test   install what is missing, then run the whole test suite
+# Installs ffmpeg/ffprobe (and python3-venv) from Debian's packages when
+# missing, creates .venv, installs the package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+system_deps() {
+    local missing=()
+    command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+    "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing from Debian's packages: ${missing[*]}"
+        apt_install "${missing[@]}"
+    fi
+}
+
+python_deps() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local stamp="$VENV/.installed"
+    if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q -e '.[test]'
+        touch "$stamp"
+    fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    run)
+        system_deps; python_deps
+        exec "$VENV/bin/storaged" serve --data-dir ./data "$@"
+        ;;
+    test)
+        system_deps; python_deps
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    install)
+        system_deps; python_deps
+        ;;
+    *)
+        echo "usage: $0 run|test|install [args…]" >&2
+        exit 2
+        ;;
+esac

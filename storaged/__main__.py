@@ -1,0 +1,3 @@
+from storaged.cli import main
+
+raise SystemExit(main())

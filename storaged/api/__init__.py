@@ -1,0 +1,1 @@
+"""HTTP handlers, one module per API family.  Handlers parse, call a service, render."""

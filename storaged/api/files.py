@@ -1,0 +1,139 @@
+"""Files family (specs/upload-and-analyse.md): /upload and /download."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+from urllib.parse import quote
+
+from aiohttp import BodyPartReader, web
+from aiohttp.helpers import ETag
+from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+
+from storaged.api.keys import BEFORE_DELETE, CONFIG, OBJECTS
+from storaged.errors import BadRequest, PayloadTooLarge
+from storaged.store.layout import check_object_id
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+routes = web.RouteTableDef()
+
+
+def page_limit(request: web.Request) -> int:
+    default = request.app[CONFIG].list_page_size
+    raw = request.query.get("limit", str(default))
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit must be an integer between 1 and 1000, not {raw!r}") from None
+    if not 1 <= limit <= 1000:
+        raise BadRequest(f"limit must be an integer between 1 and 1000, not {raw!r}")
+    return limit
+
+
+def content_disposition(disposition: str, name: str) -> str:
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+class ContentHashFileResponse(web.FileResponse):
+    """A FileResponse whose ETag is the object's content hash, not mtime+size."""
+
+    def __init__(self, path, etag: str, **kwargs) -> None:
+        super().__init__(path, **kwargs)
+        self._content_etag = etag
+
+    @property
+    def etag(self) -> ETag | None:
+        return web.StreamResponse.etag.fget(self)
+
+    @etag.setter
+    def etag(self, value) -> None:
+        web.StreamResponse.etag.fset(self, self._content_etag)
+
+
+def not_modified(request: web.Request, etag: str) -> bool:
+    tags = request.if_none_match
+    return bool(tags) and any(t.value in (etag, "*") for t in tags)
+
+
+async def _part_chunks(part: BodyPartReader, size: int) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(size):
+        yield chunk
+
+
+def _disposition_filename(header: str | None) -> str | None:
+    if not header:
+        return None
+    _, params = parse_content_disposition(header)
+    return content_disposition_filename(params, "filename")
+
+
+@routes.post("/upload")
+async def upload(request: web.Request) -> web.Response:
+    store = request.app[OBJECTS]
+    chunk = request.app[CONFIG].upload_chunk_size
+    declared = request.content_length
+    if declared is not None and declared > store.max_size and not request.content_type.startswith("multipart/"):
+        raise PayloadTooLarge(f"upload larger than the limit of {store.max_size} bytes")
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise BadRequest("multipart upload needs a field named 'file'")
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                break
+            await part.release()
+        name = part.filename or request.query.get("name")
+        ctype = part.headers.get("Content-Type")
+        meta = await store.put(_part_chunks(part, chunk), name, ctype)
+    else:
+        name = request.query.get("name") or _disposition_filename(request.headers.get("Content-Disposition"))
+        meta = await store.put(request.content.iter_chunked(chunk), name, request.headers.get("Content-Type"))
+    return web.json_response({
+        "file_id": meta["file_id"],
+        "size": meta["size"],
+        "name": meta["name"],
+        "content_type": meta["content_type"],
+        "deduplicated": meta["deduplicated"],
+        "download": download_link(meta),
+    })
+
+
+def download_link(meta: dict) -> str:
+    return f"/download/{meta['file_id']}/{quote(meta['stored_name'])}"
+
+
+@routes.get("/upload")
+async def list_uploads(request: web.Request) -> web.Response:
+    page = await request.app[OBJECTS].list(page_limit(request), request.query.get("cursor"))
+    return web.json_response(page)
+
+
+@routes.get("/upload/{file_id}")
+async def get_upload(request: web.Request) -> web.Response:
+    meta = await request.app[OBJECTS].meta(request.match_info["file_id"])
+    return web.json_response({**meta, "download": download_link(meta)})
+
+
+@routes.delete("/upload/{file_id}")
+async def delete_upload(request: web.Request) -> web.Response:
+    file_id = check_object_id(request.match_info["file_id"])
+    for hook in request.app[BEFORE_DELETE]:
+        await hook(file_id)
+    await request.app[OBJECTS].delete(file_id)
+    return web.json_response({"file_id": file_id, "deleted": True})
+
+
+@routes.get("/download/{file_id}")
+@routes.get("/download/{file_id}/{name}")
+async def download(request: web.Request) -> web.StreamResponse:
+    file_id = request.match_info["file_id"]
+    path, meta = await request.app[OBJECTS].open_path(file_id)
+    headers = {
+        "Cache-Control": IMMUTABLE,
+        "Content-Disposition": content_disposition(
+            "attachment" if "dl" in request.query else "inline", meta["name"]),
+    }
+    if not_modified(request, file_id):
+        return web.Response(status=304, headers={**headers, "ETag": f'"{file_id}"'})
+    return ContentHashFileResponse(path, etag=file_id, headers=headers)

@@ -1,0 +1,17 @@
+"""Typed application keys for the shared services."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from storaged.config import Config
+from storaged.store.layout import Layout
+from storaged.store.objects import ObjectStore
+
+CONFIG = web.AppKey("config", Config)
+LAYOUT = web.AppKey("layout", Layout)
+OBJECTS = web.AppKey("objects", ObjectStore)
+
+# Coroutine functions ``hook(file_id)`` run before an object is deleted (the
+# job engine cancels the object's analyses there).  Families append theirs.
+BEFORE_DELETE = web.AppKey("before_delete", list)

@@ -1,0 +1,48 @@
+"""create_app(config): the one place services are built and wired into the app."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from storaged.api import analyses, browse, camera, files, health, sessions, streams, videostreams
+from storaged.api.keys import BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
+from storaged.api.middleware import errors_middleware, token_middleware
+from storaged.config import Config
+from storaged.store.layout import Layout
+from storaged.store.objects import ObjectStore
+
+log = logging.getLogger("storaged")
+
+
+def create_app(config: Config) -> web.Application:
+    middlewares = [errors_middleware]
+    if config.token:
+        middlewares.append(token_middleware(config.token))
+    # Uploads stream through request.content and never hit client_max_size;
+    # the limit here only bounds JSON/form bodies read whole.
+    app = web.Application(middlewares=middlewares, client_max_size=16 * 1024 * 1024)
+    layout = Layout(config.data_dir)
+    app[CONFIG] = config
+    app[LAYOUT] = layout
+    app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
+    app[BEFORE_DELETE] = []
+    app.cleanup_ctx.append(_store_ctx)
+    app.add_routes(health.routes)
+    app.add_routes(files.routes)
+    app.add_routes(browse.routes)
+    for family in (analyses, sessions, streams, videostreams, camera):
+        family.setup(app)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    layout = app[LAYOUT]
+    await asyncio.to_thread(layout.ensure)
+    swept = await asyncio.to_thread(app[OBJECTS].sweep_temps, app[CONFIG].temp_max_age)
+    if swept:
+        log.info("swept %d stale temp entries from %s", len(swept), layout.tmp)
+    yield

@@ -1,0 +1,170 @@
+"""Settings.
+
+Every setting is a field of :class:`Config` with a default and a help text.
+Sources, weakest first: the defaults here < an ini file (section
+``[storaged]``; ``--config``, default ``/etc/storaged/storaged.ini`` when it
+exists) < ``STORAGED_<NAME>`` environment variables < command-line flags
+(``--name-with-dashes``).  The README's settings table lists every field; a
+test fails when one is missing there.
+
+Sizes accept suffixes (``512M``, ``10G``, ``1.5T``; powers of 1024) and
+durations accept ``s``, ``m``, ``h``, ``d`` (``90s``, ``12h``, ``30d``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_INI = Path("/etc/storaged/storaged.ini")
+ENV_PREFIX = "STORAGED_"
+
+
+def _setting(default: Any, help: str, kind: str = "") -> Any:
+    return field(default=default, metadata={"help": help, "kind": kind})
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- foundation -----------------------------------------------------
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(8064, "TCP port to listen on.")
+    data_dir: Path = _setting(Path("./data"), "The data root: every object, record and job lives under it.")
+    log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
+    access_log: bool = _setting(True, "Log one line per HTTP request.")
+    token: str = _setting("", "Access token. When set, every route but /healthz needs "
+                          "`Authorization: Bearer <token>` or HTTP Basic with the token as password.")
+    max_upload_size: int = _setting(64 * 1024**3, "Largest accepted upload in bytes; larger ones get 413 while streaming.",
+                                    "size")
+    upload_chunk_size: int = _setting(1024 * 1024, "Bytes read from the socket per write+hash step of an upload.",
+                                      "size")
+    temp_max_age: float = _setting(3600.0, "Temp files older than this (seconds) are swept at start-up.", "duration")
+    shutdown_timeout: float = _setting(20.0, "Seconds in-flight requests get to finish on SIGTERM.", "duration")
+    list_page_size: int = _setting(100, "Default page size of list endpoints (`limit` overrides, up to 1000).")
+    # --- analyses (jobs) --------------------------------------------------
+    # --- sessions, races, events ----------------------------------------
+    # --- stream recording -------------------------------------------------
+    # --- videostreams -----------------------------------------------------
+    # --- camera storage ---------------------------------------------------
+    # --- operations -------------------------------------------------------
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?\s*$", re.I)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.I)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_size(raw: str) -> int:
+    m = _SIZE_RE.match(str(raw))
+    if not m:
+        raise ConfigError(f"not a size: {raw!r} (use e.g. 1048576, 512M, 10G)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(raw: str) -> float:
+    m = _DURATION_RE.match(str(raw))
+    if not m:
+        raise ConfigError(f"not a duration: {raw!r} (use e.g. 30, 90s, 15m, 12h, 30d)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    f = FIELDS[name]
+    kind = f.metadata.get("kind", "")
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind == "size":
+            return parse_size(raw)
+        if kind == "duration":
+            return parse_duration(raw)
+        if f.type in ("bool", bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"not a boolean: {raw!r}")
+        if f.type in ("int", int):
+            return int(raw)
+        if f.type in ("float", float):
+            return float(raw)
+        if f.type in ("Path", Path):
+            return Path(raw)
+        return raw
+    except ValueError as e:
+        raise ConfigError(f"setting {name}: {e}") from None
+
+
+def _from_ini(path: Path) -> dict[str, Any]:
+    parser = configparser.ConfigParser(interpolation=None)
+    with open(path, encoding="utf-8") as fh:
+        parser.read_file(fh)
+    if not parser.has_section("storaged"):
+        return {}
+    out = {}
+    for key, value in parser.items("storaged"):
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"{path}: unknown setting {key!r}")
+        out[name] = _coerce(name, value)
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name in FIELDS:
+            out[name] = _coerce(name, value)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting; unset flags stay None so weaker sources show through."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"ini file with a [storaged] section (default {DEFAULT_INI} when present)")
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=f.metadata["help"])
+
+
+def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    ini = getattr(args, "config", None) if args is not None else None
+    if ini is None and env.get(ENV_PREFIX + "CONFIG"):
+        ini = Path(env[ENV_PREFIX + "CONFIG"])
+    if ini is None and DEFAULT_INI.exists():
+        ini = DEFAULT_INI
+    if ini is not None:
+        values.update(_from_ini(Path(ini)))
+    values.update(_from_env(env))
+    if args is not None:
+        for name in FIELDS:
+            raw = getattr(args, name, None)
+            if raw is not None:
+                values[name] = _coerce(name, raw)
+    return Config(**values)

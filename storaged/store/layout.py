@@ -1,0 +1,84 @@
+"""The one place that maps ids to paths.
+
+Every id is checked against its pattern here before it becomes a path, so a
+hostile id can never name anything outside its slot in the tree.
+
+Layout of the data root::
+
+    <data>/<id[:2]>/<id[2:]>/          a stored object (id = SHA-256 of its bytes)
+        meta.json                      name, size, content type, created
+        <safename.ext>                 the bytes
+        the_file -> <safename.ext>     symlink, as the upload contract sketches
+        analysis/<analysis_id>/        jobs on this object (see storaged.jobs)
+    <data>/tmp/                        temp files of writes in flight (swept at start)
+    <data>/locks/                      lock files (kept; see storaged.store.atomic)
+    <data>/<family>/...                records of the other API families
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from storaged.errors import BadRequest
+
+OBJECT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+# Directory names at the top of the data root that are not object fan-out dirs.
+RESERVED_TOP = {"tmp", "locks", "lost+found"}
+
+
+def check_object_id(object_id: str) -> str:
+    if not isinstance(object_id, str) or not OBJECT_ID_RE.match(object_id):
+        raise BadRequest("malformed file_id: expected 64 lowercase hex characters (SHA-256)")
+    return object_id
+
+
+class Layout:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    def object_dir(self, object_id: str) -> Path:
+        check_object_id(object_id)
+        return self.root / object_id[:2] / object_id[2:]
+
+    def object_lock(self, object_id: str) -> Path:
+        check_object_id(object_id)
+        return self.locks / "objects" / f"{object_id}.lock"
+
+    def lock_for(self, kind: str, name: str) -> Path:
+        """A lock file for any other thing (a record, a job, a stream)."""
+        return self.locks / kind / f"{name}.lock"
+
+    def family_dir(self, family: str) -> Path:
+        return self.root / family
+
+    def ensure(self) -> None:
+        for d in (self.root, self.tmp, self.locks, self.locks / "objects"):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def object_ids(self):
+        """Yield every stored object id, in id order.  Blocking: call in a thread."""
+        root = self.root
+        try:
+            tops = sorted(e.name for e in root.iterdir())
+        except FileNotFoundError:
+            return
+        for top in tops:
+            if len(top) != 2 or top in RESERVED_TOP:
+                continue
+            try:
+                subs = sorted(e.name for e in (root / top).iterdir())
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+            for sub in subs:
+                oid = top + sub
+                if OBJECT_ID_RE.match(oid):
+                    yield oid

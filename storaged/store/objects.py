@@ -1,0 +1,297 @@
+"""Content-addressed objects.
+
+Protocol
+--------
+*Put.*  Bytes stream into ``<data>/tmp/upload-<random>.tmp`` while being
+hashed (SHA-256), in a worker thread, one buffer ahead of the network.  The
+temp file is fsynced; then, holding the object's lock, either the object
+already exists (a dedupe: the temp file is dropped and the existing object is
+answered) or a staging directory ``<data>/tmp/.obj-….tmp/`` is filled with the
+bytes (renamed in), the ``the_file`` symlink and ``meta.json``, fsynced, and
+renamed to ``<data>/<id[:2]>/<id[2:]>/`` in one step; the parent directory is
+fsynced last.
+
+*What a reader sees.*  An object directory exists complete or not at all, so
+a reader needs no lock: if ``meta.json`` can be read, the bytes are all there
+and hash to the id.
+
+*Who waits.*  Committers of the same id wait on ``locks/objects/<id>.lock``;
+committers of different ids never wait for each other; uploads wait for
+nothing while streaming.
+
+*Delete.*  Under the object's lock, the directory is renamed out to
+``<data>/tmp/`` (it disappears in one step) and removed from there.
+
+*What a crash leaves.*  Temp files and staging/trash directories under
+``<data>/tmp/``, swept at start-up once older than ``temp_max_age``; never a
+partial object under a final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import mimetypes
+import os
+import re
+import secrets
+import shutil
+import time
+import unicodedata
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterable
+
+from storaged.errors import BadRequest, NotFound, PayloadTooLarge
+from storaged.store.atomic import (
+    TMP_SUFFIX,
+    async_lock,
+    fsync_dir,
+    raise_if_disk_full,
+    read_json,
+    unlink_quiet,
+    write_json,
+)
+from storaged.store.layout import Layout, check_object_id
+
+META = "meta.json"
+THE_FILE = "the_file"
+RESERVED_NAMES = {META, THE_FILE, "analysis"}
+MAX_NAME_CHARS = 255
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clean_name(name: str | None) -> str:
+    """The original name as we keep it: last path component, no control characters, bounded."""
+    if not name:
+        return "file"
+    name = unicodedata.normalize("NFC", str(name))
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
+    name = name.strip().strip(".") or "file"
+    return name[:MAX_NAME_CHARS]
+
+
+def safe_filename(name: str | None) -> str:
+    """An ASCII file name safe on any filesystem, keeping the extension: ``safename.ext``."""
+    name = clean_name(name)
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    stem = _UNSAFE.sub("_", ascii_stem).strip("._-")[:100] or "file"
+    ext = _UNSAFE.sub("", ext)[:16].lower()
+    out = f"{stem}.{ext}" if ext else stem
+    if out in RESERVED_NAMES:
+        out = "file_" + out
+    return out
+
+
+def guess_type(name: str) -> str:
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+class ObjectStore:
+    def __init__(self, layout: Layout, *, max_size: int, chunk_size: int = 1024 * 1024) -> None:
+        self.layout = layout
+        self.max_size = max_size
+        self.chunk_size = chunk_size
+
+    # -- put -------------------------------------------------------------
+    async def put(self, chunks: AsyncIterable[bytes], name: str | None = None,
+                  content_type: str | None = None) -> dict[str, Any]:
+        """Store a stream of bytes; answer its meta plus ``deduplicated``."""
+        loop = asyncio.get_running_loop()
+        tmp = self.layout.tmp / f"upload-{secrets.token_hex(8)}{TMP_SUFFIX}"
+        hasher = hashlib.sha256()
+        size = 0
+        pending: asyncio.Future | None = None
+        buf = bytearray()
+        fh = None
+        try:
+            fh = await loop.run_in_executor(None, _open_exclusive, tmp)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.max_size:
+                    raise PayloadTooLarge(f"upload larger than the limit of {self.max_size} bytes")
+                buf += chunk
+                if len(buf) >= self.chunk_size:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, _absorb, fh, hasher, buf)
+                    buf = bytearray()
+            if pending is not None:
+                await pending
+                pending = None
+            await loop.run_in_executor(None, _finish, fh, hasher, buf)
+            fh = None
+            oid = hasher.hexdigest()
+            async with async_lock(self.layout.object_lock(oid)):
+                return await loop.run_in_executor(None, self._commit, tmp, oid, name, content_type, size)
+        except BaseException:
+            if pending is not None:
+                # The buffer belongs to the thread until it is done with it.
+                await asyncio.shield(pending)
+            await loop.run_in_executor(None, _discard, fh, tmp)
+            raise
+
+    def _commit(self, tmp: Path, oid: str, name: str | None, content_type: str | None,
+                size: int) -> dict[str, Any]:
+        final = self.layout.object_dir(oid)
+        if (final / META).exists():
+            unlink_quiet(tmp)
+            meta = read_json(final / META)
+            return {**meta, "deduplicated": True}
+        original = clean_name(name)
+        stored = safe_filename(original)
+        if not content_type or content_type in ("application/octet-stream", "multipart/form-data"):
+            content_type = guess_type(stored)
+        meta = {
+            "file_id": oid,
+            "name": original,
+            "stored_name": stored,
+            "size": size,
+            "content_type": content_type,
+            "created": now_iso(),
+        }
+        stage = self.layout.tmp / f".obj-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            stage.mkdir()
+            os.rename(tmp, stage / stored)
+            os.symlink(stored, stage / THE_FILE)
+            write_json(stage / META, meta)
+            fsync_dir(stage)
+            parent = final.parent
+            if not parent.exists():
+                parent.mkdir(exist_ok=True)
+                fsync_dir(parent.parent)
+            os.rename(stage, final)
+            fsync_dir(parent)
+        except OSError as exc:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise_if_disk_full(exc)
+            raise
+        return {**meta, "deduplicated": False}
+
+    # -- read --------------------------------------------------------------
+    def meta_blocking(self, oid: str) -> dict[str, Any]:
+        check_object_id(oid)
+        try:
+            return read_json(self.layout.object_dir(oid) / META)
+        except FileNotFoundError:
+            raise NotFound(f"file not found: {oid}") from None
+
+    async def meta(self, oid: str) -> dict[str, Any]:
+        check_object_id(oid)
+        return await asyncio.to_thread(self.meta_blocking, oid)
+
+    def data_path(self, oid: str, meta: dict[str, Any]) -> Path:
+        return self.layout.object_dir(oid) / meta["stored_name"]
+
+    async def open_path(self, oid: str) -> tuple[Path, dict[str, Any]]:
+        meta = await self.meta(oid)
+        return self.data_path(oid, meta), meta
+
+    async def exists(self, oid: str) -> bool:
+        check_object_id(oid)
+        return await asyncio.to_thread((self.layout.object_dir(oid) / META).exists)
+
+    async def list(self, limit: int, after: str | None = None) -> dict[str, Any]:
+        if after is not None and not re.fullmatch(r"[0-9a-f]{1,64}", after):
+            raise BadRequest("malformed cursor: expected a file_id")
+        return await asyncio.to_thread(self._list_blocking, limit, after)
+
+    def _list_blocking(self, limit: int, after: str | None) -> dict[str, Any]:
+        files: list[dict[str, Any]] = []
+        last = None
+        for oid in self.layout.object_ids():
+            if after is not None and oid <= after:
+                continue
+            if len(files) == limit:
+                return {"files": files, "next_cursor": last}
+            try:
+                files.append(read_json(self.layout.object_dir(oid) / META))
+            except (FileNotFoundError, ValueError):
+                continue
+            last = oid
+        return {"files": files, "next_cursor": None}
+
+    # -- delete ------------------------------------------------------------
+    async def delete(self, oid: str) -> None:
+        check_object_id(oid)
+        async with async_lock(self.layout.object_lock(oid)):
+            await asyncio.to_thread(self._delete_blocking, oid)
+
+    def _delete_blocking(self, oid: str) -> None:
+        final = self.layout.object_dir(oid)
+        if not final.is_dir():
+            raise NotFound(f"file not found: {oid}")
+        trash = self.layout.tmp / f".trash-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        os.rename(final, trash)
+        fsync_dir(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- housekeeping ------------------------------------------------------
+    def sweep_temps(self, max_age: float) -> list[str]:
+        """Remove temp files and dirs under <data>/tmp older than ``max_age`` seconds."""
+        removed = []
+        cutoff = time.time() - max_age
+        try:
+            entries = list(os.scandir(self.layout.tmp))
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _open_exclusive(path: Path):
+    try:
+        return open(path, "xb")
+    except OSError as exc:
+        raise_if_disk_full(exc)
+        raise
+
+
+def _absorb(fh, hasher, data: bytearray) -> None:
+    hasher.update(data)
+    try:
+        fh.write(data)
+    except OSError as exc:
+        raise_if_disk_full(exc)
+        raise
+
+
+def _finish(fh, hasher, tail: bytearray) -> None:
+    try:
+        if tail:
+            _absorb(fh, hasher, tail)
+        fh.flush()
+        os.fsync(fh.fileno())
+    except OSError as exc:
+        raise_if_disk_full(exc)
+        raise
+    finally:
+        fh.close()
+
+
+def _discard(fh, tmp: Path) -> None:
+    if fh is not None:
+        try:
+            fh.close()
+        except OSError:
+            pass
+    unlink_quiet(tmp)

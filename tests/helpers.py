@@ -1,0 +1,146 @@
+"""Shared test helpers: real daemons, real ffmpeg media, polling instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0,
+                     interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def wait_until_sync(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+                    what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def ffmpeg(*args: str, timeout: float = 120) -> None:
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args],
+                   check=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def make_video(path: Path, seconds: float = 10, fps: int = 25, gop: int = 25,
+               size: str = "160x120", audio: bool = True) -> Path:
+    """An H.264 (+AAC) mp4 from lavfi test sources, keyframe every ``gop`` frames."""
+    args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={seconds}"]
+    if audio:
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}"]
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+             "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "64k"]
+    args += ["-movflags", "+faststart", str(path)]
+    ffmpeg(*args)
+    return path
+
+
+def ffprobe(path: Path | str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_format",
+                          "-show_streams", str(path)], check=True, capture_output=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def duration_of(path: Path | str) -> float:
+    return float(ffprobe(path)["format"]["duration"])
+
+
+class Daemon:
+    """``storaged serve`` as a real process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.extra = list(extra)
+        self.env = env or {}
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.data_dir.parent / f"daemon-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> "Daemon":
+        env = {**os.environ, **self.env}
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "storaged", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), "--no-access-log", *self.extra],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        wait_until_sync(self._healthy, timeout=timeout, what="daemon /healthz")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                return s.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode if self.proc else 0
+
+    def restart(self) -> "Daemon":
+        self.kill()
+        self.log.close()
+        return self.start()
+
+
+async def json_of(resp: aiohttp.ClientResponse) -> Any:
+    return await resp.json(content_type=None)
