@@ -9,9 +9,10 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from storaged.api import analyses, browse, camera, files, health, sessions, streams, videostreams
-from storaged.api.keys import BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import BEFORE_DELETE, CONFIG, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import errors_middleware, token_middleware
 from storaged.config import Config
+from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 
@@ -30,7 +31,9 @@ def create_app(config: Config) -> web.Application:
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []
+    app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_jobs_ctx)
     app.add_routes(health.routes)
     app.add_routes(files.routes)
     app.add_routes(browse.routes)
@@ -46,3 +49,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     if swept:
         log.info("swept %d stale temp entries from %s", len(swept), layout.tmp)
     yield
+
+
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    runner = app[JOBS]
+    await runner.start()
+    yield
+    await runner.close()

@@ -48,10 +48,41 @@ class Config:
     shutdown_timeout: float = _setting(20.0, "Seconds in-flight requests get to finish on SIGTERM.", "duration")
     list_page_size: int = _setting(100, "Default page size of list endpoints (`limit` overrides, up to 1000).")
     # --- analyses (jobs) --------------------------------------------------
+    job_concurrency: int = _setting(os.cpu_count() or 1, "Jobs (analyses, splits, clips, exports) that run at once; "
+                                    "more wait in FIFO order.  Default: the number of cores.")
+    job_stop_timeout: float = _setting(5.0, "Seconds a cancelled job's processes get after SIGTERM before SIGKILL.",
+                                       "duration")
     # --- sessions, races, events ----------------------------------------
     # --- stream recording -------------------------------------------------
+    stream_segment_time: float = _setting(10.0, "Length of a recorded stream segment in seconds (cut on the "
+                                          "first keyframe after each multiple of it on the wall clock).", "duration")
+    stream_start_timeout: float = _setting(15.0, "How long /streams/<id>/start waits for the source to open "
+                                           "(first segment begun) before answering `Cannot start stream`.", "duration")
+    stream_io_timeout: float = _setting(10.0, "A source that sends nothing for this long ends the segmenter "
+                                        "(ffmpeg -timeout/-rw_timeout); it is restarted with backoff.", "duration")
+    stream_stall_timeout: float = _setting(20.0, "Watchdog: a segmenter whose segment list has not grown for "
+                                           "2 x stream_segment_time plus this is restarted.", "duration")
+    stream_restart_max_backoff: float = _setting(30.0, "Longest pause between restarts of a failing segmenter "
+                                                 "(1 s, doubling).", "duration")
+    stream_clip_wait: float = _setting(2.0, "How long get_clip waits for a cut to finish before answering "
+                                       "`processing` (0: answer at once).", "duration")
     # --- videostreams -----------------------------------------------------
+    videostreams_page_size: int = _setting(1000, "Videostreams per query answer when the request has no `limit` "
+                                           "(`limit` overrides, up to 10000); more are reached with `cursor`.")
     # --- camera storage ---------------------------------------------------
+    cameras: str = _setting("", "Cameras to capture from, `;`-separated: `N=URL` with optional `|key=value` options "
+                            "(`threshold`, `fps`, `detect`, `re`, `timeout`, `enabled`), e.g. "
+                            "`1=rtsp://cam1/live|fps=2;2=udp://0.0.0.0:5000`; or a JSON object "
+                            "`{\"1\": {\"url\": \"rtsp://...\", \"fps\": 2}}`.")
+    camera_threshold: float = _setting(0.05, "Default motion threshold (0..1): how different a picture must be from "
+                                       "the last saved one to be saved.")
+    camera_max_fps: float = _setting(5.0, "Default most images per second a camera saves.")
+    camera_backoff_max: float = _setting(30.0, "Longest wait before a failed camera ffmpeg is restarted "
+                                         "(waits double from 1 s up to this).", "duration")
+    camera_frame_limit: int = _setting(50000, "Most images one createVideo/createZip uses; more sets frameLimitMet.")
+    camera_output_expiry: float = _setting(86400.0, "How long a finished output asked with save=false is kept.",
+                                           "duration")
+    timezone: str = _setting("UTC", "The box's time zone (IANA name): image names and convert start/end are in it.")
     # --- operations -------------------------------------------------------
 
     def replace(self, **changes: Any) -> "Config":

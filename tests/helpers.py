@@ -116,7 +116,7 @@ class Daemon:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                return s.recv(64).startswith(b"HTTP/1.1 200")
+                return s.recv(64).split(b" ")[1:2] == [b"200"]
         except OSError:
             return False
 
@@ -124,6 +124,8 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+        if not self.log.closed:
+            self.log.close()
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc and self.proc.poll() is None:
@@ -133,12 +135,12 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return self.proc.returncode if self.proc else 0
 
     def restart(self) -> "Daemon":
         self.kill()
-        self.log.close()
         return self.start()
 
 

@@ -1,9 +1,149 @@
-"""Analyses (POST /analyse, GET /results)."""
+"""Analyses (specs/upload-and-analyse.md): POST /analyse, GET/DELETE /results, GET /analyses."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+from pathlib import Path
+
 from aiohttp import web
+
+from storaged.api.keys import BEFORE_DELETE, JOBS, LAYOUT, OBJECTS
+from storaged.errors import BadRequest, NotFound
+from storaged.jobs import analyses
+from storaged.jobs.state import CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState
+from storaged.store.atomic import async_lock
+from storaged.store.layout import check_object_id
+
+routes = web.RouteTableDef()
+PRIVATE_FILES = {CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG}
+
+
+def job_dir(request: web.Request, file_id: str, analysis_id: str) -> Path:
+    return request.app[LAYOUT].object_dir(file_id) / "analysis" / analysis_id
+
+
+async def read_json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    return body
+
+
+def state_body(file_id: str, analysis_id: str, state: JobState) -> tuple[int, dict]:
+    if state.status == "done":
+        results = {k: v for k, v in (state.results or {}).items() if k != "status"}
+        return 200, results
+    if state.status in ("failed", "cancelled"):
+        return 500, {"error_message": state.error or state.status, "status": "failed", "stderr": state.stderr,
+                     "file_id": file_id, "analysis_id": analysis_id}
+    return 202, {"status": state.status, "progress": state.progress, "file_id": file_id,
+                 "analysis_id": analysis_id}
+
+
+@routes.post("/analyse")
+async def analyse(request: web.Request) -> web.Response:
+    body = await read_json_body(request)
+    file_id = body.get("file_id")
+    if not isinstance(file_id, str):
+        raise BadRequest("file_id is required: the id answered by POST /upload")
+    check_object_id(file_id)
+    analysis = analyses.get(body.get("analysis"))
+    args = analyses.validate(analysis, body.get("args"))
+    retry = body.get("retry", False)
+    if not isinstance(retry, bool):
+        raise BadRequest("retry must be true or false")
+    layout = request.app[LAYOUT]
+    aid = analyses.analysis_id(file_id, analysis.name, args)
+    # Under the object's lock, so a concurrent DELETE /upload cannot leave a job in a vanished object.
+    async with async_lock(layout.object_lock(file_id)):
+        meta = await request.app[OBJECTS].meta(file_id)
+        state = await request.app[JOBS].submit(
+            job_dir(request, file_id, aid), analyses.KIND, args, retry=retry,
+            meta={"file_id": file_id, "analysis": analysis.name, "analysis_id": aid,
+                  "input": os.path.relpath(request.app[OBJECTS].data_path(file_id, meta), layout.root)})
+    return web.json_response({"file_id": file_id, "analysis_id": aid, "status": state.status})
+
+
+@routes.get("/analyses")
+async def list_analyses(request: web.Request) -> web.Response:
+    return web.json_response({"analyses": [a.describe() for a in analyses.ANALYSES.values()]})
+
+
+@routes.get("/results/{file_id}")
+async def list_results(request: web.Request) -> web.Response:
+    file_id = check_object_id(request.match_info["file_id"])
+    await request.app[OBJECTS].meta(file_id)
+    root = request.app[LAYOUT].object_dir(file_id) / "analysis"
+    names = await asyncio.to_thread(lambda: sorted(os.listdir(root)) if root.is_dir() else [])
+    out = []
+    for aid in names:
+        if not analyses.ANALYSIS_ID_RE.match(aid):
+            continue
+        try:
+            state = await request.app[JOBS].state(root / aid)
+        except NotFound:
+            continue
+        out.append({"analysis_id": aid, "analysis": state.config.get("analysis"), "args": state.config.get("args"),
+                    "status": state.status, "requested": state.config.get("requested")})
+    return web.json_response({"file_id": file_id, "analyses": out})
+
+
+def _ids(request: web.Request) -> tuple[str, str]:
+    return (check_object_id(request.match_info["file_id"]),
+            analyses.check_analysis_id(request.match_info["analysis_id"]))
+
+
+@routes.get("/results/{file_id}/{analysis_id}")
+async def results(request: web.Request) -> web.Response:
+    file_id, aid = _ids(request)
+    try:
+        state = await request.app[JOBS].state(job_dir(request, file_id, aid))
+    except NotFound:
+        raise NotFound("analysis not found") from None
+    status, body = state_body(file_id, aid, state)
+    return web.json_response(body, status=status)
+
+
+@routes.delete("/results/{file_id}/{analysis_id}")
+async def delete_results(request: web.Request) -> web.Response:
+    file_id, aid = _ids(request)
+    try:
+        await request.app[JOBS].cancel(job_dir(request, file_id, aid), remove=True)
+    except NotFound:
+        raise NotFound("analysis not found") from None
+    return web.json_response({"file_id": file_id, "analysis_id": aid, "deleted": True})
+
+
+@routes.get("/download/{file_id}/analysis/{analysis_id}/{name}")
+async def download_output(request: web.Request) -> web.StreamResponse:
+    file_id, aid = _ids(request)
+    name = request.match_info["name"]
+    if "/" in name or "\x00" in name or name.startswith(".") or name in PRIVATE_FILES:
+        raise NotFound("no such output")
+    path = job_dir(request, file_id, aid) / name
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound("no such output")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def cancel_all_for(app: web.Application, file_id: str) -> None:
+    root = app[LAYOUT].object_dir(file_id) / "analysis"
+    names = await asyncio.to_thread(lambda: os.listdir(root) if root.is_dir() else [])
+    for aid in names:
+        try:
+            await app[JOBS].cancel(root / aid, remove=True)
+        except NotFound:
+            continue
 
 
 def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
+    app.add_routes(routes)
+
+    async def before_delete(file_id: str) -> None:
+        await cancel_all_for(app, file_id)
+
+    app[BEFORE_DELETE].append(before_delete)

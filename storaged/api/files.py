@@ -12,6 +12,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 from storaged.api.keys import BEFORE_DELETE, CONFIG, OBJECTS
 from storaged.errors import BadRequest, PayloadTooLarge
 from storaged.store.layout import check_object_id
+from storaged.store.objects import download_link
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 routes = web.RouteTableDef()
@@ -97,10 +98,6 @@ async def upload(request: web.Request) -> web.Response:
         "deduplicated": meta["deduplicated"],
         "download": download_link(meta),
     })
-
-
-def download_link(meta: dict) -> str:
-    return f"/download/{meta['file_id']}/{quote(meta['stored_name'])}"
 
 
 @routes.get("/upload")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from storaged.config import Config
+from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 
 CONFIG = web.AppKey("config", Config)
 LAYOUT = web.AppKey("layout", Layout)
 OBJECTS = web.AppKey("objects", ObjectStore)
+JOBS = web.AppKey("jobs", JobRunner)
 
 # Coroutine functions ``hook(file_id)`` run before an object is deleted (the
 # job engine cancels the object's analyses there).  Families append theirs.

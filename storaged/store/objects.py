@@ -41,6 +41,7 @@ import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterable
+from urllib.parse import quote
 
 from storaged.errors import BadRequest, NotFound, PayloadTooLarge
 from storaged.store.atomic import (
@@ -49,6 +50,7 @@ from storaged.store.atomic import (
     fsync_dir,
     raise_if_disk_full,
     read_json,
+    sync_lock,
     unlink_quiet,
     write_json,
 )
@@ -89,6 +91,10 @@ def safe_filename(name: str | None) -> str:
     if out in RESERVED_NAMES:
         out = "file_" + out
     return out
+
+
+def download_link(meta: dict[str, Any]) -> str:
+    return f"/download/{meta['file_id']}/{quote(meta['stored_name'])}"
 
 
 def guess_type(name: str) -> str:
@@ -176,6 +182,29 @@ class ObjectStore:
             raise_if_disk_full(exc)
             raise
         return {**meta, "deduplicated": False}
+
+    def put_file_blocking(self, path: Path, name: str | None = None,
+                          content_type: str | None = None) -> dict[str, Any]:
+        """Move an existing file (on the data filesystem) into the store.  Blocking: for workers/CLI."""
+        tmp = self.layout.tmp / f"upload-{secrets.token_hex(8)}{TMP_SUFFIX}"
+        self.layout.tmp.mkdir(parents=True, exist_ok=True)
+        os.rename(path, tmp)
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            with open(tmp, "rb+") as fh:
+                while chunk := fh.read(1 << 20):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                os.fsync(fh.fileno())
+            if size > self.max_size:
+                raise PayloadTooLarge(f"file larger than the limit of {self.max_size} bytes")
+            oid = hasher.hexdigest()
+            with sync_lock(self.layout.object_lock(oid)):
+                return self._commit(tmp, oid, name, content_type, size)
+        except BaseException:
+            unlink_quiet(tmp)
+            raise
 
     # -- read --------------------------------------------------------------
     def meta_blocking(self, oid: str) -> dict[str, Any]:

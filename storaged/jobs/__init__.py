@@ -1,0 +1,1 @@
+"""Jobs: self-describing directories run by detached worker processes (see runner.py)."""

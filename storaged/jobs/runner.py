@@ -1,0 +1,305 @@
+"""The job runner: FIFO queue in the tree, detached workers, adoption after restart.
+
+Protocol
+--------
+*The queue is the tree.*  Submitting a job writes ``<job>/config.json`` and
+then a queue entry ``<data>/jobs/queue/<time_ns>-<random>.json`` naming the
+job directory (relative to the data root); entries sort in FIFO order.  An
+entry is removed only after the job's ``results.json`` exists (or the job was
+cancelled), so a crash at any instant leaves either a queued job or a
+finished one, never a lost one.
+
+*Starting.*  While fewer than ``job_concurrency`` workers run, the oldest
+queued job is started as ``python -m storaged.jobs.worker --data-dir D
+<job>``, detached in its own session (its pid is its process group, so
+cancel can stop the worker and its ffmpeg together, and a daemon restart does
+not kill it).  The daemon writes ``<job>/inrun.pid`` (pid + boot id + start
+time) as soon as the process exists.
+
+*Finishing.*  The worker writes ``results.json`` (atomically) as its last act.
+When the runner sees a worker gone, it removes ``inrun.pid`` and the queue
+entry; if there were no results, it writes failed results ("interrupted").
+
+*Adoption.*  At start-up every queue entry is examined: a job whose
+``inrun.pid`` names a live process (all three of pid, boot id and start time
+match) is adopted and watched; one whose worker is dead is marked failed; a
+queued one waits for its turn.  A recycled pid is never mistaken for a job.
+
+*Who waits.*  All state changes of the runner happen on the event loop under
+one ``asyncio.Lock``; blocking file work runs in threads.  Readers (``state``)
+need no lock: they read the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from storaged.errors import NotFound
+from storaged.jobs.state import CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState, read_state
+from storaged.procs import ProcessIdentity, terminate_group, write_pidfile
+from storaged.store.atomic import read_json, unlink_quiet, write_json
+from storaged.store.layout import Layout
+
+log = logging.getLogger("storaged.jobs")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Running:
+    job_dir: Path
+    entry: Path
+    identity: ProcessIdentity
+
+
+class JobRunner:
+    def __init__(self, layout: Layout, *, concurrency: int, poll_interval: float = 0.1,
+                 stop_timeout: float = 5.0) -> None:
+        self.layout = layout
+        self.concurrency = max(1, concurrency)
+        self.poll_interval = poll_interval
+        self.stop_timeout = stop_timeout
+        self.queue_dir = layout.root / "jobs" / "queue"
+        self._running: dict[Path, _Running] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.max_seen_running = 0
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.queue_dir.mkdir, parents=True, exist_ok=True)
+        async with self._lock:
+            await self._adopt()
+        self._task = asyncio.create_task(self._supervise(), name="job-runner")
+
+    async def close(self) -> None:
+        """Stop supervising.  Workers keep running: the next start adopts them."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    # -- API -----------------------------------------------------------------
+    async def submit(self, job_dir: Path, kind: str, args: dict[str, Any], *,
+                     meta: dict[str, Any] | None = None, retry: bool = False) -> JobState:
+        job_dir = Path(job_dir).resolve()
+        async with self._lock:
+            state = await asyncio.to_thread(read_state, job_dir)
+            if state is not None:
+                if not (retry and state.status in ("failed", "cancelled")):
+                    return state
+                await self._settle(job_dir)
+                await asyncio.to_thread(self._reset, job_dir)
+                config = state.config
+            else:
+                config = {**(meta or {}), "kind": kind, "args": args, "requested": now_iso()}
+            await asyncio.to_thread(self._enqueue, job_dir, config, state is None)
+        self._wake.set()
+        return await self.state(job_dir)
+
+    async def state(self, job_dir: Path) -> JobState:
+        state = await asyncio.to_thread(read_state, Path(job_dir))
+        if state is None:
+            raise NotFound("job not found")
+        return state
+
+    async def cancel(self, job_dir: Path, *, remove: bool = True) -> JobState | None:
+        """Stop the job (its whole process group) and remove it, or mark it cancelled."""
+        job_dir = Path(job_dir).resolve()
+        async with self._lock:
+            state = await asyncio.to_thread(read_state, job_dir)
+            if state is None:
+                raise NotFound("job not found")
+            running = self._running.pop(job_dir, None)
+            identity = running.identity if running else state.worker
+            if identity is not None:
+                await asyncio.to_thread(terminate_group, identity, self.stop_timeout)
+            await asyncio.to_thread(self._drop_entries, job_dir)
+            if remove:
+                await asyncio.to_thread(shutil.rmtree, job_dir, True)
+                result = None
+            else:
+                if not state.final:
+                    await asyncio.to_thread(write_json, job_dir / RESULTS,
+                                            {"status": "cancelled", "error_message": "cancelled"})
+                await asyncio.to_thread(unlink_quiet, job_dir / PIDFILE)
+                result = await asyncio.to_thread(read_state, job_dir)
+        self._wake.set()
+        return result
+
+    async def wait(self, job_dir: Path, timeout: float = 60.0) -> JobState:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = await self.state(job_dir)
+            if state.final:
+                return state
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_dir} still {state.status} after {timeout}s")
+            await asyncio.sleep(self.poll_interval)
+
+    def running_jobs(self) -> list[Path]:
+        return list(self._running)
+
+    # -- internals -------------------------------------------------------------
+    def _enqueue(self, job_dir: Path, config: dict[str, Any], fresh: bool) -> None:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            write_json(job_dir / CONFIG, config)
+        rel = os.path.relpath(job_dir, self.layout.root)
+        entry = self.queue_dir / f"{time.time_ns():020d}-{secrets.token_hex(4)}.json"
+        self.queue_dir.mkdir(parents=True, exist_ok=True)
+        write_json(entry, {"job_dir": rel})
+
+    def _reset(self, job_dir: Path) -> None:
+        for name in (RESULTS, PROGRESS, PIDFILE):
+            unlink_quiet(job_dir / name)
+
+    def _entries(self) -> list[tuple[Path, Path]]:
+        out = []
+        try:
+            names = sorted(os.listdir(self.queue_dir))
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            entry = self.queue_dir / name
+            try:
+                rel = read_json(entry)["job_dir"]
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                unlink_quiet(entry)
+                continue
+            job_dir = (self.layout.root / rel).resolve()
+            if not str(job_dir).startswith(str(self.layout.root.resolve()) + os.sep):
+                unlink_quiet(entry)
+                continue
+            out.append((entry, job_dir))
+        return out
+
+    def _drop_entries(self, job_dir: Path) -> None:
+        job_dir = job_dir.resolve()
+        for entry, target in self._entries():
+            if target == job_dir:
+                unlink_quiet(entry)
+
+    async def _adopt(self) -> None:
+        for entry, job_dir in await asyncio.to_thread(self._entries):
+            state = await asyncio.to_thread(read_state, job_dir)
+            if state is None or state.results is not None:
+                if state is not None:
+                    await asyncio.to_thread(unlink_quiet, job_dir / PIDFILE)
+                await asyncio.to_thread(unlink_quiet, entry)
+            elif state.status == "running" and state.worker is not None:
+                log.info("adopted running job %s (pid %d)", job_dir, state.worker.pid)
+                self._running[job_dir.resolve()] = _Running(job_dir.resolve(), entry, state.worker)
+            elif state.status == "failed":
+                log.warning("job %s: worker died while the daemon was away; marking it failed", job_dir)
+                await asyncio.to_thread(self._finish_dead, job_dir, entry)
+
+    def _finish_dead(self, job_dir: Path, entry: Path) -> None:
+        if not (job_dir / RESULTS).exists() and (job_dir / CONFIG).exists():
+            tail = _log_tail(job_dir / WORKER_LOG)
+            write_json(job_dir / RESULTS, {"status": "failed", "error_message": INTERRUPTED, "stderr": tail})
+        unlink_quiet(job_dir / PIDFILE)
+        unlink_quiet(entry)
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                async with self._lock:
+                    await self._reap()
+                    await self._start_queued()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job runner pass failed; retrying")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _settle(self, job_dir: Path) -> None:
+        """Wait for a finished job's worker to exit and reap it, so a retry cannot race its bookkeeping."""
+        run = self._running.get(job_dir)
+        if run is None:
+            return
+        while run.identity.alive():
+            await asyncio.sleep(self.poll_interval)
+        await self._reap()
+
+    async def _reap(self) -> None:
+        for job_dir, run in list(self._running.items()):
+            if run.identity.alive():
+                continue
+            del self._running[job_dir]
+            await asyncio.to_thread(self._finish_dead, job_dir, run.entry)
+            state = await asyncio.to_thread(read_state, job_dir)
+            log.info("job %s finished: %s", job_dir, state.status if state else "removed")
+
+    async def _start_queued(self) -> None:
+        if len(self._running) >= self.concurrency:
+            return
+        for entry, job_dir in await asyncio.to_thread(self._entries):
+            if len(self._running) >= self.concurrency:
+                return
+            if job_dir in self._running:
+                continue
+            state = await asyncio.to_thread(read_state, job_dir)
+            if state is None or state.results is not None:
+                await asyncio.to_thread(unlink_quiet, entry)
+                continue
+            if state.status != "queued":
+                await asyncio.to_thread(self._finish_dead, job_dir, entry)
+                continue
+            run = await asyncio.to_thread(self._spawn, job_dir, entry)
+            if run is not None:
+                self._running[job_dir] = run
+                self.max_seen_running = max(self.max_seen_running, len(self._running))
+
+    def _spawn(self, job_dir: Path, entry: Path) -> _Running | None:
+        worker = [sys.executable, "-m", "storaged.jobs.worker", "--data-dir", str(self.layout.root), str(job_dir)]
+        launched = subprocess.run([sys.executable, "-m", "storaged.jobs.launch", str(job_dir / WORKER_LOG), "--",
+                                   *worker], stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                                  cwd=str(self.layout.root))
+        try:
+            pid = int(launched.stdout)
+        except ValueError:
+            log.error("job %s: could not start a worker: %s", job_dir, launched.stderr.decode(errors="replace"))
+            write_json(job_dir / RESULTS, {"status": "failed", "error_message": "could not start a worker",
+                                           "stderr": launched.stderr.decode(errors="replace").splitlines()[-20:]})
+            unlink_quiet(entry)
+            return None
+        identity = ProcessIdentity.of(pid)
+        if identity is None:
+            # Already finished (or died at once): its results, or their absence, tell the story.
+            self._finish_dead(job_dir, entry)
+            return None
+        if not (job_dir / RESULTS).exists():
+            write_pidfile(job_dir / PIDFILE, identity)
+        log.info("started job %s (pid %d)", job_dir, pid)
+        return _Running(job_dir, entry, identity)
+
+def _log_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []
+

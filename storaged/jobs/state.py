@@ -1,0 +1,96 @@
+"""A job's state, read off its directory alone.
+
+A job directory holds::
+
+    config.json     what was asked: {"kind", "args", "requested", ...}; written first
+    inrun.pid       present only while a worker runs it: {pid, boot_id, start_ticks}
+    progress.json   optional: {"progress": 0..1}
+    results.json    written last, atomically: {"status": "done"|"failed"|"cancelled", ...}
+    worker.log      the worker's own stdout/stderr
+    <outputs>       the files the job produced
+
+The state is derived like this, and nothing else is consulted:
+
+* no ``config.json``                         → not a job
+* ``results.json``                           → its ``status``
+* ``inrun.pid`` naming a live process        → running (pid + boot id + start time must all match)
+* ``inrun.pid`` naming no live process       → failed ("interrupted": the worker died without results)
+* otherwise                                  → queued
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from storaged.procs import ProcessIdentity, read_pidfile
+from storaged.store.atomic import read_json, read_json_or
+
+CONFIG = "config.json"
+PIDFILE = "inrun.pid"
+PROGRESS = "progress.json"
+RESULTS = "results.json"
+WORKER_LOG = "worker.log"
+FINAL = ("done", "failed", "cancelled")
+INTERRUPTED = "interrupted: the worker died before it wrote its results"
+
+
+@dataclass
+class JobState:
+    status: str
+    progress: float | None = None
+    results: dict[str, Any] | None = None
+    error: str | None = None
+    stderr: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    worker: ProcessIdentity | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["worker"] = self.worker.to_json() if self.worker else None
+        return out
+
+
+def read_state(job_dir: Path) -> JobState | None:
+    """The state of the job in ``job_dir``; None when it is not a job.  Blocking."""
+    job_dir = Path(job_dir)
+    try:
+        config = read_json(job_dir / CONFIG)
+    except FileNotFoundError:
+        return None
+    results = _read_results(job_dir)
+    if results is not None:
+        status = results.get("status", "done")
+        return JobState(
+            status=status if status in FINAL else "done",
+            progress=1.0 if status == "done" else None,
+            results=results,
+            error=results.get("error_message") if status != "done" else None,
+            stderr=list(results.get("stderr", [])) if status != "done" else [],
+            config=config,
+        )
+    identity = read_pidfile(job_dir / PIDFILE)
+    if identity is not None:
+        if identity.alive():
+            progress = read_json_or(job_dir / PROGRESS, {}) or {}
+            return JobState(status="running", progress=progress.get("progress"), config=config, worker=identity)
+        return JobState(status="failed", error=INTERRUPTED, config=config, worker=identity)
+    if (job_dir / PIDFILE).exists():
+        # A pid file we cannot parse was torn by nothing we wrote: treat it like a dead worker.
+        return JobState(status="failed", error=INTERRUPTED, config=config)
+    return JobState(status="queued", progress=None, config=config)
+
+
+def _read_results(job_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(job_dir / RESULTS)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"status": "failed", "error_message": "results.json is unreadable"}
+    return data if isinstance(data, dict) else {"status": "done", "result": data}

@@ -1,0 +1,68 @@
+"""``python -m storaged.jobs.worker --data-dir D <job dir>``: run one job, write its results.
+
+The worker is started detached (own session) by the runner.  It imports the
+job's ``kind`` ("package.module:function"), calls it with a
+:class:`~storaged.jobs.context.JobContext`, and writes ``results.json``
+atomically as its very last act: ``{"status": "done", ...returned}`` or
+``{"status": "failed", "error_message", "stderr"}``.  If it is killed before
+that, the runner marks the job failed ("interrupted").
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from storaged.errors import StoragedError
+from storaged.jobs.context import JobContext
+from storaged.jobs.state import CONFIG, PIDFILE, RESULTS
+from storaged.media.ffmpeg import FFmpegError
+from storaged.store.atomic import read_json, unlink_quiet, write_json
+
+log = logging.getLogger("storaged.worker")
+
+
+def resolve(kind: str):
+    module_name, _, func_name = kind.partition(":")
+    if not module_name.startswith("storaged.") or not func_name:
+        raise ValueError(f"not a job kind: {kind!r}")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def run_job(job_dir: Path, data_dir: Path) -> dict:
+    config = read_json(job_dir / CONFIG)
+    ctx = JobContext(job_dir, data_dir, config)
+    try:
+        func = resolve(config["kind"])
+        result = func(ctx) or {}
+        results = {"status": "done", **result}
+    except FFmpegError as exc:
+        results = {"status": "failed", "error_message": exc.message, "stderr": exc.stderr}
+    except StoragedError as exc:
+        results = {"status": "failed", "error_message": exc.message, "stderr": []}
+    except Exception as exc:  # the job failed; say why and keep the daemon's view consistent
+        traceback.print_exc()
+        results = {"status": "failed", "error_message": f"{type(exc).__name__}: {exc}", "stderr": []}
+    write_json(job_dir / RESULTS, results)
+    # The job is no longer running: results first, so no reader ever sees neither file.
+    unlink_quiet(job_dir / PIDFILE)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="storaged.jobs.worker")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("job_dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    results = run_job(args.job_dir, args.data_dir)
+    log.info("job %s: %s", args.job_dir, results["status"])
+    return 0 if results["status"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Mutable JSON records: sessions, races, events, streams, videostreams, processes.
+
+Protocol
+--------
+A record of kind K with id I is the file ``<data>/<K>/<I>.json``.
+
+*Create.*  A new id is taken under the kind's lock ``locks/<K>/.create.lock``
+(sequential ids read ``<data>/<K>/.next_id``; random ids are drawn and checked
+for a clash), then the record is written atomically (temp + fsync + rename +
+fsync of the directory) before the id is answered.
+
+*Update and delete.*  Read-modify-write under the record's own lock
+``locks/<K>/<I>.lock``; the new content replaces the old by rename.  Delete
+unlinks the file under the same lock.
+
+*What a reader sees.*  A reader needs no lock: it reads the old or the new
+record, never a torn one.
+
+*What a crash leaves.*  At worst a stray ``.<I>.json.<random>.tmp`` beside the
+records (``fsck`` reports and removes it), and, for sequential ids, an id that
+was taken but never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+from storaged.errors import BadRequest, NotFound
+from storaged.store.atomic import async_lock, fsync_dir, read_json, unlink_quiet, write_json
+from storaged.store.layout import Layout
+
+MAX_SAFE_INT = 2**53 - 1
+_INT_ID = re.compile(r"^[0-9]{1,16}$")
+
+
+class RecordStore:
+    """Records of one kind.  ``ids``: "sequence" (1, 2, 3…) or "random53" (random ints below 2**53)."""
+
+    def __init__(self, layout: Layout, kind: str, *, ids: str = "sequence") -> None:
+        if ids not in ("sequence", "random53"):
+            raise ValueError(ids)
+        self.layout = layout
+        self.kind = kind
+        self.ids = ids
+        self.dir = layout.root / kind
+
+    # -- ids ---------------------------------------------------------------
+    def parse_id(self, raw: Any, what: str = "id") -> int:
+        """An id from a URL or a body; BadRequest naming ``what`` when malformed."""
+        if isinstance(raw, bool):
+            raise BadRequest(f"malformed {what}: expected a positive integer")
+        if isinstance(raw, int):
+            value = raw
+        elif isinstance(raw, str) and _INT_ID.match(raw):
+            value = int(raw)
+        else:
+            raise BadRequest(f"malformed {what}: expected a positive integer")
+        if not 1 <= value <= MAX_SAFE_INT:
+            raise BadRequest(f"malformed {what}: expected a positive integer below 2^53")
+        return value
+
+    def path(self, record_id: int) -> Path:
+        return self.dir / f"{int(record_id)}.json"
+
+    def lock(self, record_id: int | str):
+        return async_lock(self.layout.lock_for(self.kind, str(record_id)))
+
+    # -- operations ----------------------------------------------------------
+    async def create(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Write a new record; ``data`` gets its ``id``.  Answers the stored record."""
+        async with self.lock(".create"):
+            return await asyncio.to_thread(self._create_blocking, dict(data))
+
+    def _create_blocking(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.ids == "sequence":
+            counter = self.dir / ".next_id"
+            try:
+                next_id = int(counter.read_text())
+            except (FileNotFoundError, ValueError):
+                next_id = 1 + max(self._ids_on_disk(), default=0)
+            while self.path(next_id).exists():
+                next_id += 1
+            write_json(counter, next_id + 1)
+            record_id = next_id
+        else:
+            while True:
+                record_id = secrets.randbelow(MAX_SAFE_INT - 2**40) + 2**40
+                if not self.path(record_id).exists():
+                    break
+        record = {"id": record_id, **{k: v for k, v in data.items() if k != "id"}}
+        write_json(self.path(record_id), record)
+        return record
+
+    def _ids_on_disk(self) -> list[int]:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        return [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+
+    def get_blocking(self, record_id: int) -> dict[str, Any]:
+        try:
+            return read_json(self.path(record_id))
+        except FileNotFoundError:
+            raise NotFound(f"{self.kind} {record_id} not found") from None
+
+    async def get(self, record_id: int) -> dict[str, Any]:
+        return await asyncio.to_thread(self.get_blocking, record_id)
+
+    async def update(self, record_id: int, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
+        """Apply ``change`` (which may raise to refuse) to the record under its lock."""
+        async with self.lock(record_id):
+            current = await self.get(record_id)
+            new = change(dict(current))
+            if new is None:
+                new = current
+            if new != current:
+                await asyncio.to_thread(write_json, self.path(record_id), new)
+            return new
+
+    async def put(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Write ``record`` under its own id (create or replace), under its lock."""
+        async with self.lock(record["id"]):
+            await asyncio.to_thread(self._put_blocking, record)
+        return record
+
+    def _put_blocking(self, record: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.path(record["id"]), record)
+
+    async def delete(self, record_id: int) -> dict[str, Any]:
+        async with self.lock(record_id):
+            record = await self.get(record_id)
+            await asyncio.to_thread(self._delete_blocking, record_id)
+            return record
+
+    def _delete_blocking(self, record_id: int) -> None:
+        unlink_quiet(self.path(record_id))
+        fsync_dir(self.dir)
+
+    def all_blocking(self) -> list[dict[str, Any]]:
+        out = []
+        for record_id in sorted(self._ids_on_disk()):
+            try:
+                out.append(read_json(self.path(record_id)))
+            except (FileNotFoundError, ValueError):
+                continue
+        return out
+
+    async def all(self) -> list[dict[str, Any]]:
+        """Every record, in id order (a directory walk, in a thread)."""
+        return await asyncio.to_thread(self.all_blocking)
