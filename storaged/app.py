@@ -9,8 +9,8 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from storaged.api import analyses, browse, camera, files, health, sessions, streams, videostreams
-from storaged.api.keys import BEFORE_DELETE, CONFIG, JOBS, LAYOUT, OBJECTS
-from storaged.api.middleware import errors_middleware, token_middleware
+from storaged.api.keys import BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
+from storaged.api.middleware import InFlight, errors_middleware, token_middleware
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -20,7 +20,8 @@ log = logging.getLogger("storaged")
 
 
 def create_app(config: Config) -> web.Application:
-    middlewares = [errors_middleware]
+    inflight = InFlight()
+    middlewares = [inflight.middleware, errors_middleware]
     if config.token:
         middlewares.append(token_middleware(config.token))
     # Uploads stream through request.content and never hit client_max_size;
@@ -28,6 +29,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024 * 1024)
     layout = Layout(config.data_dir)
     app[CONFIG] = config
+    app[INFLIGHT] = inflight
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []

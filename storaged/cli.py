@@ -18,6 +18,7 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 async def serve(config: config_mod.Config) -> None:
+    from storaged.api.keys import INFLIGHT
     from storaged.app import create_app
 
     app = create_app(config)
@@ -40,8 +41,15 @@ async def serve(config: config_mod.Config) -> None:
                  config.host, config.port)
         sdnotify.notify("READY=1\nSTATUS=serving")
         await stop.wait()
-        log.info("shutting down (in-flight requests get %.0fs)", config.shutdown_timeout)
         sdnotify.notify("STOPPING=1")
+        inflight = app[INFLIGHT]
+        log.info("shutting down: %d request(s) in flight get %.0fs", inflight.count, config.shutdown_timeout)
+        await site.stop()  # no new connections; requests in flight go on
+        try:
+            await asyncio.wait_for(inflight.idle.wait(), config.shutdown_timeout)
+        except asyncio.TimeoutError:
+            log.warning("%d request(s) still in flight after %.0fs; closing them", inflight.count,
+                        config.shutdown_timeout)
     finally:
         await runner.cleanup()
     log.info("stopped")

@@ -40,7 +40,8 @@ def resolve_inside(root: Path, rel: str) -> Path:
     candidate = os.path.realpath(os.path.join(real_root, *parts))
     if candidate != real_root and not candidate.startswith(real_root + os.sep):
         raise NotFound("not found")
-    if not os.path.lexists(candidate):
+    if not os.path.exists(candidate) or os.path.islink(candidate):
+        # Missing, dangling, or a symlink loop realpath could not resolve.
         raise NotFound("not found")
     return Path(candidate)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from storaged.api.middleware import InFlight
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -13,6 +14,7 @@ CONFIG = web.AppKey("config", Config)
 LAYOUT = web.AppKey("layout", Layout)
 OBJECTS = web.AppKey("objects", ObjectStore)
 JOBS = web.AppKey("jobs", JobRunner)
+INFLIGHT = web.AppKey("inflight", InFlight)
 
 # Coroutine functions ``hook(file_id)`` run before an object is deleted (the
 # job engine cancels the object's analyses there).  Families append theirs.
