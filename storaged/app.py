@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from storaged.api import analyses, browse, camera, files, health, sessions, streams, videostreams
+from storaged.api import analyses, browse, camera, files, health, openapi, sessions, streams, videostreams
 from storaged.api.keys import BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import InFlight, errors_middleware, token_middleware
 from storaged.config import Config
@@ -41,6 +41,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(browse.routes)
     for family in (analyses, sessions, streams, videostreams, camera):
         family.setup(app)
+    openapi.setup(app)  # last: it describes the routes present
     return app
 
 

@@ -46,6 +46,7 @@ def state_body(file_id: str, analysis_id: str, state: JobState) -> tuple[int, di
 
 @routes.post("/analyse")
 async def analyse(request: web.Request) -> web.Response:
+    """Start (or find) an analysis of a stored file."""
     body = await read_json_body(request)
     file_id = body.get("file_id")
     if not isinstance(file_id, str):
@@ -70,11 +71,13 @@ async def analyse(request: web.Request) -> web.Response:
 
 @routes.get("/analyses")
 async def list_analyses(request: web.Request) -> web.Response:
+    """The analyses, their arguments and result shapes."""
     return web.json_response({"analyses": [a.describe() for a in analyses.ANALYSES.values()]})
 
 
 @routes.get("/results/{file_id}")
 async def list_results(request: web.Request) -> web.Response:
+    """A stored file's analyses and their states."""
     file_id = check_object_id(request.match_info["file_id"])
     await request.app[OBJECTS].meta(file_id)
     root = request.app[LAYOUT].object_dir(file_id) / "analysis"
@@ -99,6 +102,7 @@ def _ids(request: web.Request) -> tuple[str, str]:
 
 @routes.get("/results/{file_id}/{analysis_id}")
 async def results(request: web.Request) -> web.Response:
+    """202 while queued/running, 200 with results, 500 when failed."""
     file_id, aid = _ids(request)
     try:
         state = await request.app[JOBS].state(job_dir(request, file_id, aid))
@@ -110,6 +114,7 @@ async def results(request: web.Request) -> web.Response:
 
 @routes.delete("/results/{file_id}/{analysis_id}")
 async def delete_results(request: web.Request) -> web.Response:
+    """Cancel and remove an analysis."""
     file_id, aid = _ids(request)
     try:
         await request.app[JOBS].cancel(job_dir(request, file_id, aid), remove=True)
@@ -120,6 +125,7 @@ async def delete_results(request: web.Request) -> web.Response:
 
 @routes.get("/download/{file_id}/analysis/{analysis_id}/{name}")
 async def download_output(request: web.Request) -> web.StreamResponse:
+    """A file an analysis produced (Range)."""
     file_id, aid = _ids(request)
     name = request.match_info["name"]
     if "/" in name or "\x00" in name or name.startswith(".") or name in PRIVATE_FILES:

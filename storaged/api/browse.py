@@ -139,9 +139,11 @@ async def serve_tree(request: web.Request, root: Path, rel: str) -> web.StreamRe
 
 @routes.get("/data")
 async def data_root(request: web.Request) -> web.StreamResponse:
+    """Redirect to /data/."""
     raise web.HTTPMovedPermanently(location="/data/")
 
 
 @routes.get("/data/{path:.*}")
 async def browse(request: web.Request) -> web.StreamResponse:
+    """Browse the data tree: HTML/JSON listing, player page, or the file with Range."""
     return await serve_tree(request, request.app[LAYOUT].root, request.match_info["path"])

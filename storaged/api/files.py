@@ -70,6 +70,7 @@ def _disposition_filename(header: str | None) -> str | None:
 
 @routes.post("/upload")
 async def upload(request: web.Request) -> web.Response:
+    """Store a file (raw body or multipart field `file`); answers its content id."""
     store = request.app[OBJECTS]
     chunk = request.app[CONFIG].upload_chunk_size
     declared = request.content_length
@@ -102,18 +103,21 @@ async def upload(request: web.Request) -> web.Response:
 
 @routes.get("/upload")
 async def list_uploads(request: web.Request) -> web.Response:
+    """A page of stored files in id order."""
     page = await request.app[OBJECTS].list(page_limit(request), request.query.get("cursor"))
     return web.json_response(page)
 
 
 @routes.get("/upload/{file_id}")
 async def get_upload(request: web.Request) -> web.Response:
+    """A stored file's meta and download link."""
     meta = await request.app[OBJECTS].meta(request.match_info["file_id"])
     return web.json_response({**meta, "download": download_link(meta)})
 
 
 @routes.delete("/upload/{file_id}")
 async def delete_upload(request: web.Request) -> web.Response:
+    """Delete a stored file (its analyses are cancelled first)."""
     file_id = check_object_id(request.match_info["file_id"])
     for hook in request.app[BEFORE_DELETE]:
         await hook(file_id)
@@ -124,6 +128,7 @@ async def delete_upload(request: web.Request) -> web.Response:
 @routes.get("/download/{file_id}")
 @routes.get("/download/{file_id}/{name}")
 async def download(request: web.Request) -> web.StreamResponse:
+    """The bytes of a stored file (Range, ETag = content hash)."""
     file_id = request.match_info["file_id"]
     path, meta = await request.app[OBJECTS].open_path(file_id)
     headers = {

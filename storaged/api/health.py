@@ -15,6 +15,7 @@ routes = web.RouteTableDef()
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: version, data dir, free bytes."""
     root = request.app[LAYOUT].root
     usage = await asyncio.to_thread(shutil.disk_usage, root)
     return web.json_response({

@@ -1,9 +1,219 @@
-"""Sessions, races and events."""
+"""Sessions family (specs/sessions-and-races.md): sessions, races, events and per-race splitting.
+
+Handlers only: parse ids, bodies and queries, call storaged.sessions.service, render JSON.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any, AsyncIterator
+
 from aiohttp import web
+
+from storaged.api.keys import JOBS, LAYOUT, OBJECTS
+from storaged.errors import BadRequest
+from storaged.sessions.service import SessionsService
+
+SESSIONS = web.AppKey("sessions", SessionsService)
+routes = web.RouteTableDef()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def read_body(request: web.Request) -> Any:
+    """The JSON body, or None when there is none."""
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+
+
+def _service(request: web.Request) -> SessionsService:
+    return request.app[SESSIONS]
+
+
+def _id(request: web.Request, name: str) -> int:
+    svc = _service(request)
+    return svc.sessions.parse_id(request.match_info[name], name)
+
+
+def _created(obj: dict, path: str) -> web.Response:
+    return web.json_response({"id": obj["id"]}, status=201, headers={"Location": path})
+
+
+def _float_param(query, name: str) -> float | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadRequest(f"query parameter '{name}' must be a number of seconds, not {raw!r}")
+    return value
+
+
+def event_filters(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    query = request.query
+    for key in query:
+        if key not in allowed:
+            raise BadRequest(f"unknown query parameter '{key}' (allowed: {', '.join(allowed)})")
+    svc = _service(request)
+    out: dict[str, Any] = {
+        "t_from": _float_param(query, "from"),
+        "t_to": _float_param(query, "to"),
+        "type": query.get("type"),
+        "race_id": svc.races.parse_id(query["race"], "race") if "race" in query else None,
+    }
+    if "session" in allowed:
+        out["session_id"] = svc.sessions.parse_id(query["session"], "session") if "session" in query else None
+    return out
+
+
+# -- sessions ----------------------------------------------------------------------
+@routes.get("/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """All sessions, in id order."""
+    return web.json_response(await _service(request).list_sessions())
+
+
+@routes.post("/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    """Create a session; answers its id."""
+    session = await _service(request).create_session(await read_body(request))
+    return _created(session, f"/sessions/{session['id']}")
+
+
+@routes.get("/sessions/{session_id}")
+async def get_session(request: web.Request) -> web.Response:
+    """One session."""
+    return web.json_response(await _service(request).get_session(_id(request, "session_id")))
+
+
+@routes.put("/sessions/{session_id}")
+async def update_session(request: web.Request) -> web.Response:
+    """Update a session's updatable properties."""
+    session_id = _id(request, "session_id")
+    return web.json_response(await _service(request).update_session(session_id, await read_body(request)))
+
+
+@routes.delete("/sessions/{session_id}")
+async def delete_session(request: web.Request) -> web.Response:
+    """Delete a session with its races, events and split jobs."""
+    session = await _service(request).delete_session(_id(request, "session_id"))
+    return web.json_response({"id": session["id"], "deleted": True})
+
+
+# -- races ---------------------------------------------------------------------------
+@routes.get("/sessions/{session_id}/races")
+async def list_races(request: web.Request) -> web.Response:
+    """The races of a session."""
+    return web.json_response(await _service(request).list_races(_id(request, "session_id")))
+
+
+@routes.post("/sessions/{session_id}/races")
+async def create_race(request: web.Request) -> web.Response:
+    """Create a race in a session; answers its id."""
+    session_id = _id(request, "session_id")
+    race = await _service(request).create_race(session_id, await read_body(request))
+    return _created(race, f"/races/{race['id']}")
+
+
+@routes.get("/races/{race_id}")
+async def get_race(request: web.Request) -> web.Response:
+    """One race."""
+    return web.json_response(await _service(request).get_race(_id(request, "race_id")))
+
+
+@routes.put("/races/{race_id}")
+async def update_race(request: web.Request) -> web.Response:
+    """Update a race's updatable properties."""
+    race_id = _id(request, "race_id")
+    return web.json_response(await _service(request).update_race(race_id, await read_body(request)))
+
+
+@routes.delete("/races/{race_id}")
+async def delete_race(request: web.Request) -> web.Response:
+    """Delete a race."""
+    race = await _service(request).delete_race(_id(request, "race_id"))
+    return web.json_response({"id": race["id"], "deleted": True})
+
+
+# -- splitting -----------------------------------------------------------------------
+@routes.post("/sessions/{session_id}/split_races")
+async def split_races(request: web.Request) -> web.Response:
+    """Cut every race out of the session video (a job; 202 with a status link)."""
+    session_id = _id(request, "session_id")
+    report = await _service(request).request_split(session_id, await read_body(request))
+    return web.json_response(report, status=202, headers={"Location": report["status_url"]})
+
+
+@routes.get("/sessions/{session_id}/split_races")
+async def split_status(request: web.Request) -> web.Response:
+    """Progress and result of the session's split job."""
+    return web.json_response(await _service(request).split_status(_id(request, "session_id")))
+
+
+# -- events --------------------------------------------------------------------------
+@routes.get("/sessions/{session_id}/events")
+async def list_session_events(request: web.Request) -> web.Response:
+    """The events of a session (same filters as /events)."""
+    session_id = _id(request, "session_id")
+    filters = event_filters(request, ("race", "type", "from", "to"))
+    return web.json_response(await _service(request).session_events(session_id, **filters))
+
+
+@routes.post("/sessions/{session_id}/events")
+async def create_event(request: web.Request) -> web.Response:
+    """Record an event in a session; answers its id."""
+    session_id = _id(request, "session_id")
+    event = await _service(request).create_event(session_id, await read_body(request))
+    return _created(event, f"/events/{event['id']}")
+
+
+@routes.get("/events")
+async def query_events(request: web.Request) -> web.Response:
+    """Events by session, race, type and time range (overlap semantics)."""
+    filters = event_filters(request, ("session", "race", "type", "from", "to"))
+    return web.json_response(await _service(request).query_events(**filters))
+
+
+@routes.get("/events/{event_id}")
+async def get_event(request: web.Request) -> web.Response:
+    """One event."""
+    return web.json_response(await _service(request).get_event(_id(request, "event_id")))
+
+
+@routes.put("/events/{event_id}")
+async def update_event(request: web.Request) -> web.Response:
+    """Update an event."""
+    event_id = _id(request, "event_id")
+    return web.json_response(await _service(request).update_event(event_id, await read_body(request)))
+
+
+@routes.delete("/events/{event_id}")
+async def delete_event(request: web.Request) -> web.Response:
+    """Delete an event."""
+    event = await _service(request).delete_event(_id(request, "event_id"))
+    return web.json_response({"id": event["id"], "deleted": True})
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    service = app[SESSIONS]
+    await service.start()
+    yield
+    await service.close()
 
 
 def setup(app: web.Application) -> None:
     """Add this family's routes and services to the app."""
+    app[SESSIONS] = SessionsService(app[LAYOUT], app[OBJECTS], app[JOBS])
+    app.cleanup_ctx.append(_sessions_ctx)
+    app.add_routes(routes)
