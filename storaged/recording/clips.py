@@ -1,0 +1,234 @@
+"""Clips: a wall-clock range of a recorded stream -> stream-copied mp4 files.
+
+Protocol
+--------
+A clip request is a job directory ``<data>/streams/<id>/clips/<clip_id>/``
+whose id is a hash of (stream, start, stop), so asking again answers the same
+job.  ``config.json`` (what was asked) is written atomically before the cut
+starts; ``results.json`` (written last, atomically) makes it done.  The cut
+runs in the daemon as a tracked task: one ffmpeg per continuous stretch of
+recording (``-f concat`` with inpoint/outpoint on the first and last
+segment, ``-c copy``, ``+faststart``); each mp4 becomes a content-addressed
+object and is removed from the job directory.
+
+*What a reader sees.*  No ``results.json``: pending/processing; with it: the
+final answer.  Readers take no lock.
+
+*Who waits.*  One task per job in this process; a second request for a job in
+flight waits on that task (up to ``stream_clip_wait``), never starts another.
+
+*What a crash leaves.*  A job directory with ``config.json`` and no
+``results.json`` (maybe a half-written mp4): the next request for it cuts
+again from scratch.  That is also why the job's own JSON files are written
+atomically but without fsync (a power cut can only cost a re-cut), while
+the clip itself goes through the object store durably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from storaged.errors import BadRequest, StoragedError
+from storaged.media import ffmpeg
+from storaged.recording import index as idx
+from storaged.recording.supervisor import StreamService
+from storaged.store.atomic import read_json_or, write_json
+from storaged.store.objects import ObjectStore
+
+log = logging.getLogger("storaged.clips")
+
+KIND = "storaged.recording.clips:cut_clips"
+MIN_PIECE = 0.04  # shorter overlaps than one frame are not worth a clip
+
+
+def clip_id(stream_id: int, start: float, stop: float | None) -> str:
+    key = f"stream={stream_id}\nstart={start!r}\nstop={stop!r}\nformat=mp4-copy-v1"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def interval(a: float, b: float) -> dict[str, float]:
+    return {"start": round(a, 3), "stop": round(b, 3)}
+
+
+def plan(segments: list[idx.Segment], start: float, stop: float) -> dict[str, Any]:
+    """Which segments (and offsets into the first and last) make each clip; what is covered and missing."""
+    clips = []
+    for group in idx.groups(segments):
+        a, b = max(start, group[0].start), min(stop, group[-1].end)
+        if b - a < MIN_PIECE:
+            continue
+        items = []
+        for seg in group:
+            if seg.end <= a or seg.start >= b:
+                continue
+            cut_in = a - seg.start if a > seg.start else None
+            cut_out = b - seg.start if b < seg.end else None
+            items.append((seg, cut_in, cut_out))
+        if items:
+            clips.append({"start": a, "stop": b, "items": items})
+    missing = []
+    cursor = start
+    for c in clips:
+        if c["start"] - cursor >= MIN_PIECE:
+            missing.append(interval(cursor, c["start"]))
+        cursor = max(cursor, c["stop"])
+    if stop - cursor >= MIN_PIECE:
+        missing.append(interval(cursor, stop))
+    return {"clips": clips, "covered": [interval(c["start"], c["stop"]) for c in clips], "missing": missing}
+
+
+def _quote(path: Path) -> str:
+    return "'" + str(path).replace("'", "'\\''") + "'"
+
+
+def concat_list(items, paths: list[Path]) -> str:
+    """An ffconcat script; inpoint/outpoint are on each file's own timestamps (offset by its start)."""
+    lines = ["ffconcat version 1.0"]
+    for (seg, cut_in, cut_out), path in zip(items, paths):
+        lines.append(f"file {_quote(path)}")
+        base = None
+        if cut_in is not None or cut_out is not None:
+            base = idx.ts_start_time(path) or 0.0
+        if cut_in is not None:
+            lines.append(f"inpoint {base + cut_in:.6f}")
+        if cut_out is not None:
+            lines.append(f"outpoint {base + cut_out:.6f}")
+    return "\n".join(lines) + "\n"
+
+
+def clip_name(stream_id: int, start: float) -> str:
+    stamp = datetime.fromtimestamp(start, timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"stream{stream_id}-{stamp}Z.mp4"
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, size):
+            yield chunk
+    finally:
+        fh.close()
+
+
+class ClipService:
+    def __init__(self, streams: StreamService, objects: ObjectStore, wait: float) -> None:
+        self.streams = streams
+        self.objects = objects
+        self.wait = wait
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    def job_dir(self, stream_id: int, cid: str) -> Path:
+        return self.streams.stream_dir(stream_id) / "clips" / cid
+
+    async def request(self, raw_id: Any, start: float, stop: float | None) -> dict[str, Any]:
+        record = await self.streams.record(raw_id)
+        stream_id = record["id"]
+        state = await self.streams.read_state(stream_id)
+        if record.get("start_date") is None and not state.get("runs"):
+            raise StoragedError("Stream not started", status=500)
+        if stop is not None and stop <= start:
+            raise BadRequest("stop must be later than start")
+        cid = clip_id(stream_id, start, stop)
+        jd = self.job_dir(stream_id, cid)
+        key = str(jd)
+        task = self._tasks.get(key)
+        if task is None:
+            results = await asyncio.to_thread(read_json_or, jd / "results.json", None)
+            if results is not None and results.get("status") == "done":
+                return results
+            if stop is not None and state.get("recording"):
+                segments = await asyncio.to_thread(self.streams.index(stream_id).segments)
+                until = max((s.end for s in segments), default=None)
+                if until is None or until < stop:
+                    # Not recorded yet: cutting now would fix a clip that is missing its end.
+                    return {"status": "pending", "clip_id": cid, "start": start, "stop": stop,
+                            "recorded_until": None if until is None else round(until, 3)}
+            config = {"kind": KIND, "requested": datetime.now(timezone.utc).isoformat(),
+                      "args": {"stream_id": stream_id, "start": start, "stop": stop}}
+            await asyncio.to_thread(_prepare, jd, config)
+            task = asyncio.get_running_loop().create_task(self._cut(stream_id, cid, start, stop))
+            self._tasks[key] = task
+            task.add_done_callback(lambda t, k=key: self._done(k, t))
+        if self.wait > 0:
+            await asyncio.wait([task], timeout=self.wait)
+        if task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is None:
+                return task.result()
+            return {"status": "failed", "clip_id": cid, "error": str(exc)}
+        return {"status": "processing", "clip_id": cid, "start": start, "stop": stop}
+
+    def _done(self, key: str, task: asyncio.Task) -> None:
+        self._tasks.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure is answered from results.json
+
+    async def _cut(self, stream_id: int, cid: str, start: float, stop: float | None) -> dict[str, Any]:
+        jd = self.job_dir(stream_id, cid)
+        began = time.monotonic()
+        index = self.streams.index(stream_id)
+        segments = await asyncio.to_thread(index.segments)
+        if stop is None:
+            stop_eff = max((s.end for s in segments), default=start)
+            stop_eff = max(stop_eff, start)
+        else:
+            stop_eff = stop
+        p = plan(segments, start, stop_eff)
+        clips = []
+        timings = {"plan": time.monotonic() - began, "ffmpeg": 0.0, "store": 0.0}
+        try:
+            for i, c in enumerate(p["clips"]):
+                paths = [index.path(seg) for seg, _, _ in c["items"]]
+                script = await asyncio.to_thread(concat_list, c["items"], paths)
+                lst = jd / f"clip{i}.ffconcat"
+                out = jd / f"clip{i}.mp4"
+                await asyncio.to_thread(lst.write_text, script)
+                t = time.monotonic()
+                await ffmpeg.run(ffmpeg.base_args() + ["-f", "concat", "-safe", "0", "-i", str(lst),
+                                                       "-c", "copy", "-movflags", "+faststart", str(out)])
+                timings["ffmpeg"] += time.monotonic() - t
+                t = time.monotonic()
+                name = clip_name(stream_id, c["start"])
+                meta = await self.objects.put(_file_chunks(out), name, "video/mp4")
+                timings["store"] += time.monotonic() - t
+                await asyncio.to_thread(os.unlink, out)
+                clips.append({"file_id": meta["file_id"], "name": meta["name"], "size": meta["size"],
+                              "download": f"/download/{meta['file_id']}/{meta['stored_name']}",
+                              "start": round(c["start"], 3), "stop": round(c["stop"], 3),
+                              "duration": round(c["stop"] - c["start"], 3),
+                              "segments": len(paths)})
+        except ffmpeg.FFmpegError as exc:
+            log.error("stream %d: clip %s failed: %s %s", stream_id, cid, exc, exc.stderr)
+            results = {"status": "failed", "clip_id": cid, "error": str(exc), "stderr": exc.stderr}
+            await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
+            raise
+        results = {"status": "done", "clip_id": cid, "start": start, "stop": stop_eff,
+                   "clips": clips, "covered": p["covered"], "missing": p["missing"],
+                   "seconds": round(time.monotonic() - began, 3),
+                   "timings": {k: round(v, 3) for k, v in timings.items()}}
+        await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
+        return results
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _prepare(jd: Path, config: dict[str, Any]) -> None:
+    jd.mkdir(parents=True, exist_ok=True)
+    for stale in ("results.json",):
+        try:
+            os.unlink(jd / stale)
+        except FileNotFoundError:
+            pass
+    if not (jd / "config.json").exists():
+        write_json(jd / "config.json", config, durable=False)
