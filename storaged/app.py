@@ -8,7 +8,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from storaged.api import analyses, browse, camera, files, health, openapi, sessions, streams, videostreams
+from storaged.api import analyses, browse, camera, files, health, openapi, ops, sessions, streams, videostreams
 from storaged.api.keys import BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import InFlight, errors_middleware, token_middleware
 from storaged.config import Config
@@ -33,7 +33,8 @@ def create_app(config: Config) -> web.Application:
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []
-    app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout)
+    app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout,
+                          use_zygote=config.job_zygote)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_jobs_ctx)
     app.add_routes(health.routes)
@@ -41,6 +42,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(browse.routes)
     for family in (analyses, sessions, streams, videostreams, camera):
         family.setup(app)
+    ops.setup(app)
     openapi.setup(app)  # last: it describes the routes present
     return app
 

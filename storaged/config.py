@@ -50,6 +50,8 @@ class Config:
     # --- analyses (jobs) --------------------------------------------------
     job_concurrency: int = _setting(os.cpu_count() or 1, "Jobs (analyses, splits, clips, exports) that run at once; "
                                     "more wait in FIFO order.  Default: the number of cores.")
+    job_zygote: bool = _setting(True, "Fork job workers from a pre-imported parent process (fast start); "
+                                "off: start each worker as a fresh Python process.")
     job_stop_timeout: float = _setting(5.0, "Seconds a cancelled job's processes get after SIGTERM before SIGKILL.",
                                        "duration")
     # --- sessions, races, events ----------------------------------------
@@ -84,6 +86,26 @@ class Config:
                                            "duration")
     timezone: str = _setting("UTC", "The box's time zone (IANA name): image names and convert start/end are in it.")
     # --- operations -------------------------------------------------------
+    retention_recordings: float = _setting(0.0, "Recorded stream segments older than this are deleted (0: keep "
+                                           "until space runs low).", "duration")
+    retention_motion_images: float = _setting(0.0, "Camera motion images older than this are deleted (0: keep until "
+                                              "space runs low).", "duration")
+    retention_exports: float = _setting(0.0, "Clips and exports (camera mp4/zip in shared/captures, stream clip "
+                                        "jobs) older than this are deleted (0: keep until space runs low).",
+                                        "duration")
+    retention_uploads: float = _setting(0.0, "Uploaded objects older than this are deleted unless pinned (0: keep "
+                                        "until space runs low).", "duration")
+    retention_analyses: float = _setting(0.0, "Finished analysis jobs (results and output files) older than this are "
+                                         "deleted (0: keep until space runs low).", "duration")
+    min_free: str = _setting("5%", "Free space the janitor keeps on the data filesystem: bytes (`2G`) or a percent of "
+                             "its size (`5%`); `0` turns space-driven deletion off.")
+    quota: int = _setting(0, "Most bytes the data root may hold; the janitor deletes oldest data above it (0: no "
+                          "quota).", "size")
+    janitor_interval: float = _setting(300.0, "Seconds between janitor passes (0: only when a write meets a full "
+                                       "disk or on `storaged gc`).", "duration")
+    janitor_max_files: int = _setting(1000, "Most items (files, objects, job directories) one janitor pass deletes.")
+    metrics_interval: float = _setting(60.0, "Seconds between the background walks that count bytes and files per "
+                                       "kind of data for /metrics.", "duration")
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

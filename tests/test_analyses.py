@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from storaged.api.keys import JOBS
 from storaged.procs import ProcessIdentity, start_ticks
 from tests.helpers import duration_of, ffmpeg, ffprobe, wait_until
 
@@ -234,7 +235,7 @@ async def test_cancel_queued_job_and_concurrency_limit(make_client, video_10s, d
         assert (await finished(client, file_id, aid))[0] == 200
     jobs_root = data_dir / file_id[:2] / file_id[2:] / "analysis"
     assert sorted(os.listdir(jobs_root)) == sorted(aids[:-1])
-    runner = client.app[__import__("storaged.api.keys", fromlist=["JOBS"]).JOBS]
+    runner = client.app[JOBS]
     assert runner.max_seen_running == 2
 
 
@@ -359,3 +360,20 @@ async def test_pid_file_of_another_process_is_not_adopted(make_client, video_10s
     finally:
         other.kill()
         other.wait()
+
+
+@pytest.mark.parametrize("zygote", [True, False])
+async def test_workers_run_detached_in_their_own_session_either_way(make_client, video_10s, data_dir, zygote):
+    client = await make_client(job_zygote=zygote)
+    file_id = await upload_file(client, video_10s)
+    aid = await start(client, file_id, "dummy", {"seconds": 30})
+    job = data_dir / file_id[:2] / file_id[2:] / "analysis" / aid
+    await wait_until(lambda: _aexists(job / "inrun.pid"), what="pid file")
+    pid = json.loads((job / "inrun.pid").read_text())["pid"]
+    worker = psutil.Process(pid)
+    assert os.getsid(pid) == pid  # its own session and process group
+    runner = client.app[JOBS]
+    zygote_pid = runner._zygote.pid if runner._zygote else None
+    assert (worker.ppid() == zygote_pid) is zygote
+    assert (await client.delete(f"/results/{file_id}/{aid}")).status == 200
+    assert not group_alive(pid)

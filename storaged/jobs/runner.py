@@ -10,10 +10,12 @@ cancelled), so a crash at any instant leaves either a queued job or a
 finished one, never a lost one.
 
 *Starting.*  While fewer than ``job_concurrency`` workers run, the oldest
-queued job is started as ``python -m storaged.jobs.worker --data-dir D
-<job>``, detached in its own session (its pid is its process group, so
-cancel can stop the worker and its ffmpeg together, and a daemon restart does
-not kill it).  The daemon writes ``<job>/inrun.pid`` (pid + boot id + start
+queued job is started: forked from the zygote (storaged.jobs.zygote, a
+pre-imported parent, so a job starts in milliseconds) or, failing that, as
+``python -m storaged.jobs.worker --data-dir D <job>`` through
+storaged.jobs.launch.  Either way the worker is detached in its own session
+(its pid is its process group, so cancel can stop the worker and its ffmpeg
+together, and a daemon restart does not kill it).  The daemon writes ``<job>/inrun.pid`` (pid + boot id + start
 time) as soon as the process exists.
 
 *Finishing.*  The worker writes ``results.json`` (atomically) as its last act.
@@ -67,7 +69,7 @@ class _Running:
 
 class JobRunner:
     def __init__(self, layout: Layout, *, concurrency: int, poll_interval: float = 0.1,
-                 stop_timeout: float = 5.0) -> None:
+                 stop_timeout: float = 5.0, use_zygote: bool = True) -> None:
         self.layout = layout
         self.concurrency = max(1, concurrency)
         self.poll_interval = poll_interval
@@ -77,6 +79,8 @@ class JobRunner:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._zygote: subprocess.Popen | None = None
+        self.use_zygote = use_zygote
         self.max_seen_running = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -92,6 +96,50 @@ class JobRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._zygote is not None:
+            await asyncio.to_thread(self._stop_zygote)
+
+    # -- the zygote: a pre-imported parent that forks workers in a millisecond ----
+    def _zygote_spawn(self, job_dir: Path) -> int | None:
+        """Fork a worker from the zygote (started on first use); None when it is not available."""
+        if not self.use_zygote:
+            return None
+        try:
+            if self._zygote is None or self._zygote.poll() is not None:
+                self._start_zygote()
+            assert self._zygote is not None and self._zygote.stdin and self._zygote.stdout
+            self._zygote.stdin.write(f"{job_dir}\n".encode())
+            self._zygote.stdin.flush()
+            return int(self._zygote.stdout.readline())
+        except (OSError, ValueError) as exc:
+            log.warning("job zygote unavailable (%s); starting the worker the slow way", exc)
+            self._stop_zygote()
+            return None
+
+    def _start_zygote(self) -> None:
+        self._stop_zygote()
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "storaged.jobs.zygote", "--data-dir", str(self.layout.root)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(self.layout.root), close_fds=True)
+        assert self._zygote.stdout is not None
+        if self._zygote.stdout.readline().strip() != b"ready":
+            raise OSError("the job zygote did not start")
+
+    def _stop_zygote(self) -> None:
+        zygote, self._zygote = self._zygote, None
+        if zygote is None:
+            return
+        for pipe in (zygote.stdin, zygote.stdout):
+            try:
+                if pipe:
+                    pipe.close()
+            except OSError:
+                pass
+        try:
+            zygote.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            zygote.kill()
+            zygote.wait()
 
     # -- API -----------------------------------------------------------------
     async def submit(self, job_dir: Path, kind: str, args: dict[str, Any], *,
@@ -272,18 +320,22 @@ class JobRunner:
                 self.max_seen_running = max(self.max_seen_running, len(self._running))
 
     def _spawn(self, job_dir: Path, entry: Path) -> _Running | None:
-        worker = [sys.executable, "-m", "storaged.jobs.worker", "--data-dir", str(self.layout.root), str(job_dir)]
-        launched = subprocess.run([sys.executable, "-m", "storaged.jobs.launch", str(job_dir / WORKER_LOG), "--",
-                                   *worker], stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                                  cwd=str(self.layout.root))
-        try:
-            pid = int(launched.stdout)
-        except ValueError:
-            log.error("job %s: could not start a worker: %s", job_dir, launched.stderr.decode(errors="replace"))
-            write_json(job_dir / RESULTS, {"status": "failed", "error_message": "could not start a worker",
-                                           "stderr": launched.stderr.decode(errors="replace").splitlines()[-20:]})
-            unlink_quiet(entry)
-            return None
+        pid = self._zygote_spawn(job_dir)
+        if pid is None:
+            worker = [sys.executable, "-m", "storaged.jobs.worker", "--data-dir", str(self.layout.root),
+                      str(job_dir)]
+            launched = subprocess.run([sys.executable, "-m", "storaged.jobs.launch", str(job_dir / WORKER_LOG),
+                                       "--", *worker], stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+                                      cwd=str(self.layout.root))
+            try:
+                pid = int(launched.stdout)
+            except ValueError:
+                err = launched.stderr.decode(errors="replace")
+                log.error("job %s: could not start a worker: %s", job_dir, err)
+                write_json(job_dir / RESULTS, {"status": "failed", "error_message": "could not start a worker",
+                                               "stderr": err.splitlines()[-20:]})
+                unlink_quiet(entry)
+                return None
         identity = ProcessIdentity.of(pid)
         if identity is None:
             # Already finished (or died at once): its results, or their absence, tell the story.
