@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from storaged.errors import BadRequest
 from storaged.media import ffmpeg as ff
+from storaged.store.atomic import read_json, write_json
 
 ANALYSIS_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 KIND = "storaged.jobs.analyses:run"
@@ -161,8 +162,20 @@ def _link(ctx, name: str) -> str:
     return f"/download/{ctx.config['file_id']}/analysis/{ctx.config['analysis_id']}/{quote(name)}"
 
 
+def _probe_input(ctx) -> dict:
+    """ffprobe of the input, cached beside it as probe.json (the bytes never change, so neither does it)."""
+    cache = _input(ctx).parent / "probe.json"
+    try:
+        return read_json(cache)
+    except (FileNotFoundError, ValueError):
+        pass
+    info = ctx.probe(_input(ctx))
+    write_json(cache, info, durable=False)
+    return info
+
+
 def _duration(ctx) -> float:
-    duration = ff.duration_of(ctx.probe(_input(ctx)))
+    duration = ff.duration_of(_probe_input(ctx))
     if not duration:
         raise BadRequest("the input has no known duration (not a video or audio file?)")
     return duration
@@ -183,7 +196,7 @@ def run_dummy(ctx) -> dict[str, Any]:
 
 
 def run_probe(ctx) -> dict[str, Any]:
-    return {"result": ff.summarize(ctx.probe(_input(ctx)))}
+    return {"result": ff.summarize(_probe_input(ctx))}
 
 
 def run_thumbnails(ctx) -> dict[str, Any]:

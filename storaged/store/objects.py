@@ -58,7 +58,7 @@ from storaged.store.layout import Layout, check_object_id
 
 META = "meta.json"
 THE_FILE = "the_file"
-RESERVED_NAMES = {META, THE_FILE, "analysis"}
+RESERVED_NAMES = {META, THE_FILE, "analysis", "probe.json", "pinned"}
 MAX_NAME_CHARS = 255
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
