@@ -11,6 +11,7 @@ import sys
 from aiohttp import web
 
 from storaged import __version__, config as config_mod, logs, sdnotify
+from storaged.ops import commands as ops_commands
 
 log = logging.getLogger("storaged")
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Other commands register here: name -> (help, add_arguments(parser), run(config, args) -> exit code).
 COMMANDS: dict = {}
+COMMANDS.update(ops_commands.COMMANDS)  # gc, fsck
 
 
 def main(argv: list[str] | None = None) -> int:

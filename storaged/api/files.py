@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 from urllib.parse import quote
 
@@ -9,8 +10,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.helpers import ETag
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from storaged.api.keys import BEFORE_DELETE, CONFIG, OBJECTS
+from storaged.api.keys import BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, PayloadTooLarge
+from storaged.ops.pins import is_pinned
 from storaged.store.layout import check_object_id
 from storaged.store.objects import download_link
 
@@ -112,7 +114,8 @@ async def list_uploads(request: web.Request) -> web.Response:
 async def get_upload(request: web.Request) -> web.Response:
     """A stored file's meta and download link."""
     meta = await request.app[OBJECTS].meta(request.match_info["file_id"])
-    return web.json_response({**meta, "download": download_link(meta)})
+    pinned = await asyncio.to_thread(is_pinned, request.app[LAYOUT], meta["file_id"])
+    return web.json_response({**meta, "pinned": pinned, "download": download_link(meta)})
 
 
 @routes.delete("/upload/{file_id}")

@@ -140,8 +140,9 @@ class ObjectStore:
                 return await loop.run_in_executor(None, self._commit, tmp, oid, name, content_type, size)
         except BaseException:
             if pending is not None:
-                # The buffer belongs to the thread until it is done with it.
-                await asyncio.shield(pending)
+                # The buffer belongs to the thread until it is done with it.  Its own
+                # failure (a full disk) is the one being raised: it must not skip the discard.
+                await asyncio.gather(asyncio.shield(pending), return_exceptions=True)
             await loop.run_in_executor(None, _discard, fh, tmp)
             raise
 
@@ -253,9 +254,9 @@ class ObjectStore:
     async def delete(self, oid: str) -> None:
         check_object_id(oid)
         async with async_lock(self.layout.object_lock(oid)):
-            await asyncio.to_thread(self._delete_blocking, oid)
+            await asyncio.to_thread(self.delete_blocking, oid)
 
-    def _delete_blocking(self, oid: str) -> None:
+    def delete_blocking(self, oid: str) -> None:
         final = self.layout.object_dir(oid)
         if not final.is_dir():
             raise NotFound(f"file not found: {oid}")

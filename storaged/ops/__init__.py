@@ -1,0 +1,1 @@
+"""Operations: retention (janitor), pins, fsck and metrics.  Nothing here imports aiohttp."""

@@ -1,0 +1,46 @@
+"""``storaged gc [--dry-run]`` and ``storaged fsck [--repair]``: safe off-line and against a live daemon."""
+
+from __future__ import annotations
+
+import argparse
+
+from storaged.config import Config, ConfigError
+from storaged.ops.fsck import Fsck
+from storaged.ops.janitor import Janitor, format_report
+from storaged.store.layout import Layout
+
+
+def _gc_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+
+
+def _gc(config: Config, args: argparse.Namespace) -> int:
+    layout = Layout(config.data_dir)
+    if not layout.root.is_dir():
+        print(f"storaged gc: {layout.root} is not a directory")
+        return 2
+    try:
+        janitor = Janitor(layout, config)
+    except ConfigError as exc:
+        print(f"storaged gc: {exc}")
+        return 2
+    report = janitor.run_blocking(dry_run=args.dry_run, trigger="gc")
+    for line in format_report(report):
+        print(line, flush=True)
+    return 0
+
+
+def _fsck_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair", action="store_true",
+                        help="move damaged items to <data>/lost+found, clear stale state, remove stray temps")
+
+
+def _fsck(config: Config, args: argparse.Namespace) -> int:
+    return Fsck(Layout(config.data_dir), config, repair=args.repair).run()
+
+
+COMMANDS = {
+    "gc": ("one janitor pass: delete expired data and free space (--dry-run: only print)", _gc_args, _gc),
+    "fsck": ("verify every object, JSON file, job and queue entry (--repair: set damage aside)",
+             _fsck_args, _fsck),
+}

@@ -1,0 +1,427 @@
+"""fsck: verify the tree like ``git fsck``; ``--repair`` sets damaged things aside.
+
+Protocol
+--------
+*What is checked.*  Every stored object is re-hashed (in a thread pool) and
+its ``meta.json``, size and ``the_file`` link compared; every JSON file of
+the tree is parsed (objects' own bytes are never parsed: an upload may be
+any file); every job directory (a directory with ``config.json``) is read
+like the runner reads it: an ``inrun.pid`` naming no live process is stale,
+a finished job whose results link to outputs that are not there is damaged;
+every queue entry must name a job that still waits or runs; temp files
+(``*.tmp``) anywhere are strays once older than a minute, entries of
+``<data>/tmp`` once older than ``temp_max_age``.
+
+*Live daemon.*  fsck takes no lock for reading: objects are immutable and
+every other file is replaced by rename, so it reads whole files.  Before it
+moves an object it takes the object's lock (``locks/objects/<id>.lock``,
+the lock commit and delete take) and checks again; an object whose lock
+stays busy is skipped.  Young temp files (writes in flight) are left alone.
+A queue entry of a finished job is stale only once a minute old (the runner
+removes it when it reaps the worker).
+
+*Repair.*  Damaged items move to ``<data>/lost+found/<their relative path>``
+(a suffix ``.1``, ``.2``... when that name is taken), never deleted; a damaged
+``results.json`` is replaced with failed results; a stale pid file is turned
+into failed results ("interrupted", like the runner does); dangling queue
+entries and stray temps are removed.
+
+Exit status: 0 clean; 1 problems found (all repaired with ``--repair``);
+4 problems left after ``--repair``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, TextIO
+
+from filelock import Timeout
+
+from storaged.config import Config
+from storaged.jobs.state import CONFIG, FINAL, INTERRUPTED, PIDFILE, RESULTS, WORKER_LOG
+from storaged.ops.janitor import human
+from storaged.ops.kinds import queue_entries
+from storaged.procs import read_pidfile
+from storaged.store.atomic import TMP_SUFFIX, fsync_dir, read_json, sync_lock, unlink_quiet, write_json
+from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
+from storaged.store.objects import META, THE_FILE
+
+TEMP_GRACE = 60.0
+QUEUE_GRACE = 60.0
+LOST = "lost+found"
+_OUTPUT_LINK = re.compile(r"/download/([0-9a-f]{64})/analysis/([0-9a-f]{40})/([^/?#\s]+)")
+
+
+@dataclass
+class Problem:
+    what: str
+    rel: str
+    detail: str
+    repaired: str = ""
+
+    def line(self) -> str:
+        return f"{self.what} {self.rel}: {self.detail}" + (f" -> {self.repaired}" if self.repaired else "")
+
+
+class Fsck:
+    def __init__(self, layout: Layout, config: Config, *, repair: bool = False, out: TextIO | None = None,
+                 err: TextIO | None = None, workers: int | None = None) -> None:
+        self.layout = layout
+        self.root = layout.root
+        self.config = config
+        self.repair = repair
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        self.problems: list[Problem] = []
+        self.counts = {"objects": 0, "bytes": 0, "json": 0, "jobs": 0, "queue": 0}
+        self._job_dirs: list[Path] = []
+
+    # -- driver -------------------------------------------------------------------
+    def run(self) -> int:
+        if not self.root.is_dir():
+            print(f"fsck: {self.root} is not a directory", file=self.err)
+            return 4
+        self.check_objects()
+        self.walk_tree()
+        self.check_jobs()
+        self.check_queue()
+        c = self.counts
+        left = [p for p in self.problems if not p.repaired]
+        print(f"fsck: checked {c['objects']} objects ({human(c['bytes'])}), {c['json']} JSON files, "
+              f"{c['jobs']} jobs, {c['queue']} queue entries; {len(self.problems)} problem(s)"
+              + (f", {len(self.problems) - len(left)} repaired" if self.repair else ""), file=self.out)
+        if not self.problems:
+            return 0
+        return 4 if self.repair and left else 1
+
+    def report(self, problem: Problem) -> None:
+        self.problems.append(problem)
+        print(problem.line(), file=self.out, flush=True)
+
+    def rel(self, path: Path) -> str:
+        return os.path.relpath(path, self.root)
+
+    def to_lost_found(self, path: Path) -> str:
+        dest = self.root / LOST / self.rel(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        final, n = dest, 0
+        while os.path.lexists(final):
+            n += 1
+            final = dest.with_name(f"{dest.name}.{n}")
+        os.rename(path, final)
+        fsync_dir(path.parent)
+        return "moved to " + self.rel(final)
+
+    # -- objects ------------------------------------------------------------------
+    def check_objects(self) -> None:
+        ids = list(self.layout.object_ids())
+        total = len(ids)
+        last_print = time.monotonic()
+        done = 0
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="fsck") as pool:
+            # Chunks keep the pool's backlog (and memory) bounded on big trees.
+            for start in range(0, total, 256):
+                for oid, size, trouble in pool.map(self._verify_object, ids[start:start + 256]):
+                    done += 1
+                    self.counts["bytes"] += size
+                    if trouble is not None:
+                        self._damaged_object(oid, trouble)
+                    if time.monotonic() - last_print > 2.0:
+                        last_print = time.monotonic()
+                        print(f"fsck: objects {done}/{total}, {human(self.counts['bytes'])} hashed",
+                              file=self.err, flush=True)
+        self.counts["objects"] = total
+
+    def _verify_object(self, oid: str) -> tuple[str, int, str | None]:
+        """(id, bytes hashed, what is wrong or None).  Runs in a pool thread; takes no lock (objects are immutable)."""
+        od = self.layout.object_dir(oid)
+        try:
+            meta = read_json(od / META)
+        except FileNotFoundError:
+            if not od.exists():
+                return oid, 0, None  # deleted meanwhile
+            return oid, 0, "meta.json is missing"
+        except ValueError:
+            return oid, 0, "meta.json is not valid JSON"
+        if not isinstance(meta, dict) or not isinstance(meta.get("stored_name"), str) \
+                or "/" in meta["stored_name"] or meta["stored_name"] in ("", ".", ".."):
+            return oid, 0, "meta.json has no usable stored_name"
+        data = od / meta["stored_name"]
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(data, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            if not od.exists():
+                return oid, 0, None
+            return oid, 0, f"the bytes ({meta['stored_name']}) are missing"
+        if h.hexdigest() != oid:
+            return oid, size, "content does not hash to its id"
+        if meta.get("size") != size:
+            return oid, size, f"meta.json says {meta.get('size')} bytes, the file has {size}"
+        try:
+            link = os.readlink(od / THE_FILE)
+        except OSError:
+            link = None
+        if link != meta["stored_name"]:
+            return oid, size, f"the_file link {'is missing' if link is None else 'points to ' + link}"
+        return oid, size, None
+
+    def _damaged_object(self, oid: str, trouble: str) -> None:
+        od = self.layout.object_dir(oid)
+        problem = Problem("damaged object", self.rel(od), trouble)
+        if self.repair:
+            try:
+                with sync_lock(self.layout.object_lock(oid), timeout=30):
+                    # Look again under the lock: it may have been deleted or re-committed meanwhile.
+                    _, _, again = self._verify_object(oid)
+                    if again is None:
+                        return
+                    if again.startswith("the_file link"):
+                        meta = read_json(od / META)
+                        unlink_quiet(od / THE_FILE)
+                        os.symlink(meta["stored_name"], od / THE_FILE)
+                        fsync_dir(od)
+                        problem.repaired = "link recreated"
+                    else:
+                        problem.repaired = self.to_lost_found(od)
+            except Timeout:
+                problem.detail += " (busy: left for the next run)"
+        self.report(problem)
+
+    # -- the tree: JSON files, temps, job dirs --------------------------------------
+    def _walk(self) -> Iterator[tuple[Path, list[str], list[str]]]:
+        for top in sorted(os.listdir(self.root)):
+            path = self.root / top
+            if top in RESERVED_TOP or not path.is_dir() or path.is_symlink():
+                continue
+            if len(top) == 2 and all(c in "0123456789abcdef" for c in top):
+                subs = sorted(os.listdir(path))
+                yield path, [], [s for s in subs if s.endswith(TMP_SUFFIX)]
+                for sub in subs:
+                    if not OBJECT_ID_RE.match(top + sub):
+                        continue
+                    obj = path / sub
+                    try:
+                        names = os.listdir(obj)
+                    except (FileNotFoundError, NotADirectoryError):
+                        continue
+                    try:
+                        stored = read_json(obj / META).get("stored_name")
+                    except (OSError, ValueError, AttributeError):
+                        stored = None
+                    # meta.json was checked with the object; its bytes may be any file at all.
+                    yield obj, [], sorted(n for n in names if n == "pinned" or n.endswith(TMP_SUFFIX)
+                                          or (n.endswith(".json") and n not in (META, stored)))
+                    if (obj / "analysis").is_dir():
+                        yield from _os_walk(obj / "analysis")
+                continue
+            yield from _os_walk(path)
+
+    def walk_tree(self) -> None:
+        now = time.time()
+        # <data>/tmp: old entries only (young ones are writes in flight).
+        try:
+            tmp_entries = sorted(os.listdir(self.layout.tmp))
+        except FileNotFoundError:
+            tmp_entries = []
+        for name in tmp_entries:
+            path = self.layout.tmp / name
+            age = _age(path, now)
+            if age is not None and age > self.config.temp_max_age:
+                self._stray(path, f"left in tmp/ {age:.0f}s ago")
+        for dirpath, dirnames, filenames in self._walk():
+            for name in list(dirnames):
+                if name.endswith(TMP_SUFFIX):
+                    dirnames.remove(name)
+                    self._maybe_stray(dirpath / name, now)
+            if CONFIG in filenames:
+                self._job_dirs.append(dirpath)
+            for name in filenames:
+                path = dirpath / name
+                if name.endswith(TMP_SUFFIX):
+                    self._maybe_stray(path, now)
+                elif name.endswith(".json") or name == "pinned":
+                    self._check_json(path)
+
+    def _maybe_stray(self, path: Path, now: float) -> None:
+        age = _age(path, now)
+        if age is not None and age > TEMP_GRACE:
+            self._stray(path, f"stray temp file, {age:.0f}s old")
+
+    def _stray(self, path: Path, detail: str) -> None:
+        problem = Problem("stray temp", self.rel(path), detail)
+        if self.repair:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                unlink_quiet(path)
+            problem.repaired = "removed"
+        self.report(problem)
+
+    def _check_json(self, path: Path) -> None:
+        if path.parent == self.root / "jobs" / "queue":
+            return  # check_queue reads the entries
+        try:
+            read_json(path)
+        except FileNotFoundError:
+            return
+        except ValueError:
+            pass
+        else:
+            self.counts["json"] += 1
+            return
+        self.counts["json"] += 1
+        problem = Problem("damaged JSON", self.rel(path), "not valid JSON")
+        if self.repair:
+            if path.name == CONFIG and path.parent in self._job_dirs:
+                # A job without its config is not a job: set the whole directory aside.
+                self._job_dirs.remove(path.parent)
+                problem.repaired = self.to_lost_found(path.parent)
+            else:
+                problem.repaired = self.to_lost_found(path)
+                if path.name == RESULTS and (path.parent / CONFIG).exists():
+                    write_json(path, {"status": "failed", "stderr": [],
+                                      "error_message": "results.json was damaged (see lost+found)"})
+                    problem.repaired += "; the job is marked failed"
+        self.report(problem)
+
+    # -- jobs and the queue -----------------------------------------------------------
+    def check_jobs(self) -> None:
+        for job_dir in self._job_dirs:
+            if not (job_dir / CONFIG).exists():
+                continue
+            self.counts["jobs"] += 1
+            self._check_pid(job_dir)
+            self._check_outputs(job_dir)
+
+    def _check_pid(self, job_dir: Path) -> None:
+        pidfile = job_dir / PIDFILE
+        if not pidfile.exists():
+            return
+        identity = read_pidfile(pidfile)
+        if identity is not None and identity.alive():
+            return
+        has_results = (job_dir / RESULTS).exists()
+        detail = "pid file of a dead worker" + ("" if has_results else ", and no results")
+        problem = Problem("stale job", self.rel(job_dir), detail)
+        if self.repair:
+            if not has_results:
+                write_json(job_dir / RESULTS, {"status": "failed", "error_message": INTERRUPTED,
+                                               "stderr": _log_tail(job_dir / WORKER_LOG)})
+            unlink_quiet(pidfile)
+            resolved = job_dir.resolve()
+            for entry, target in queue_entries(self.layout):
+                if target == resolved:
+                    unlink_quiet(entry)  # as the runner does once a worker is gone
+            problem.repaired = "pid file removed" + ("" if has_results else ", job marked failed")
+        self.report(problem)
+
+    def _check_outputs(self, job_dir: Path) -> None:
+        try:
+            results = read_json(job_dir / RESULTS)
+        except (FileNotFoundError, ValueError):
+            return
+        if not isinstance(results, dict) or results.get("status", "done") != "done":
+            return
+        missing = []
+        for s in _strings(results):
+            for fid, aid, name in _OUTPUT_LINK.findall(s):
+                target = self.layout.object_dir(fid) / "analysis" / aid / _unquote(name)
+                if not target.exists():
+                    missing.append(name)
+        outputs = results.get("outputs")
+        if isinstance(outputs, list):
+            missing += [o for o in outputs if isinstance(o, str) and not (job_dir / o).exists()]
+        if not missing:
+            return
+        problem = Problem("damaged job", self.rel(job_dir),
+                          f"results list outputs that are missing: {', '.join(sorted(set(missing))[:5])}")
+        if self.repair:
+            problem.repaired = self.to_lost_found(job_dir) + " (ask again to redo it)"
+        self.report(problem)
+
+    def check_queue(self) -> None:
+        now = time.time()
+        for entry, job_dir in queue_entries(self.layout):
+            self.counts["queue"] += 1
+            detail = None
+            if job_dir is None:
+                detail = "unreadable, or names nothing inside the data root"
+            elif not (job_dir / CONFIG).exists():
+                detail = f"names {self.rel(job_dir)}, which is not a job"
+            else:
+                age = _age(entry, now) or 0.0
+                identity = read_pidfile(job_dir / PIDFILE)
+                finished = _final(job_dir)
+                if finished and (identity is None or not identity.alive()) and age > QUEUE_GRACE:
+                    detail = f"names {self.rel(job_dir)}, which has finished"
+            if detail is None:
+                continue
+            problem = Problem("dangling queue entry", self.rel(entry), detail)
+            if self.repair:
+                unlink_quiet(entry)
+                problem.repaired = "removed"
+            self.report(problem)
+
+
+def _os_walk(top: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        yield Path(dirpath), dirnames, sorted(filenames)
+
+
+def _age(path: Path, now: float) -> float | None:
+    try:
+        return now - os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def _final(job_dir: Path) -> bool:
+    try:
+        results = read_json(job_dir / RESULTS)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        return True
+    return not isinstance(results, dict) or results.get("status", "done") in FINAL
+
+
+def _strings(obj: Any) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+def _unquote(name: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(name)
+
+
+def _log_tail(path: Path, lines: int = 20) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []

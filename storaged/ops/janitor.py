@@ -1,0 +1,277 @@
+"""The janitor: retention by age, free space and quota.
+
+Protocol
+--------
+One pass (blocking, in a thread or from ``storaged gc``):
+
+1. Read the job queue to learn what queued and running work needs
+   (storaged.ops.kinds.scan_guard); that, pinned objects and segments being
+   written are never deleted.
+2. *Age.*  Every kind with a maximum age (``retention_<kind>``, 0 = keep
+   forever) loses its items older than that, oldest first.
+3. *Space.*  While the data filesystem has less free space than
+   ``min_free`` (bytes or a percent of its size), or the data root holds more
+   than ``quota``, items go oldest first by tier: recordings and motion
+   images, then exports, clips and finished analyses, then uploads.
+4. At most ``janitor_max_files`` items go per pass; every deletion is logged.
+
+Each kind deletes its items with the locks its owners use (see kinds.py);
+an item whose lock is busy is skipped this pass.  A dry run walks the same
+way and deletes nothing.
+
+The daemon runs a pass at start, every ``janitor_interval``, and at once when
+poked (a write met a full disk: a 507 answer pokes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from filelock import Timeout
+
+from storaged.config import Config, ConfigError, parse_size
+from storaged.ops.kinds import KINDS, Env, Item, Kind, scan_guard, tree_size
+from storaged.store.layout import Layout
+
+log = logging.getLogger("storaged.janitor")
+
+
+def parse_min_free(raw: str, total: int) -> int:
+    """``5%`` of ``total``, or a size (``2G``, ``1048576``)."""
+    text = str(raw).strip()
+    if text.endswith("%"):
+        try:
+            pct = float(text[:-1])
+        except ValueError:
+            raise ConfigError(f"min_free: not a percent: {raw!r}") from None
+        if not 0 <= pct < 100:
+            raise ConfigError(f"min_free: percent must be in [0, 100): {raw!r}")
+        return int(total * pct / 100)
+    return parse_size(text)
+
+
+def disk(root) -> tuple[int, int]:
+    """(free bytes for us, total bytes) of the filesystem holding ``root``."""
+    st = os.statvfs(root)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@dataclass
+class Deletion:
+    kind: str
+    rel: str
+    size: int
+    age: float
+    reason: str
+    deleted: bool
+
+    def line(self, dry_run: bool) -> str:
+        verb = "would delete" if dry_run else "deleted"
+        return f"{verb} {self.kind} {self.rel} ({human(self.size)}, {human_age(self.age)} old): {self.reason}"
+
+
+@dataclass
+class PassReport:
+    dry_run: bool
+    trigger: str
+    deletions: list[Deletion] = field(default_factory=list)
+    skipped: int = 0
+    needed: int = 0          # bytes space/quota asked for at the start
+    free_before: int = 0
+    free_after: int = 0
+    short: int = 0           # bytes still missing after the pass (nothing left to delete, or the cap)
+
+    @property
+    def freed(self) -> int:
+        return sum(d.size for d in self.deletions if d.deleted)
+
+
+class Janitor:
+    def __init__(self, layout: Layout, config: Config, kinds: list[Kind] | None = None) -> None:
+        self.layout = layout
+        self.config = config
+        self.kinds = list(kinds or KINDS)
+        parse_min_free(config.min_free, 100)  # a bad setting fails at start, not in a pass
+        self.passes = 0
+        self.deleted_files: Counter[str] = Counter()
+        self.deleted_bytes: Counter[str] = Counter()
+        self.last_pass: float | None = None
+        self.last_report: PassReport | None = None
+        self.recent: deque[Deletion] = deque(maxlen=1000)  # the latest deletions, oldest first
+
+    # -- the pass ----------------------------------------------------------------
+    def run_blocking(self, *, dry_run: bool = False, trigger: str = "manual") -> PassReport:
+        cfg = self.config
+        env = Env(self.layout, cfg, scan_guard(self.layout))
+        report = PassReport(dry_run=dry_run, trigger=trigger)
+        budget = max(0, cfg.janitor_max_files)
+        done: set[str] = set()
+
+        def take(items: Iterable[Item], reason: str, need: list[int] | None = None) -> None:
+            nonlocal budget
+            for item in items:
+                if budget <= 0 or (need is not None and need[0] <= 0):
+                    return
+                if item.rel in done:
+                    continue
+                ok = dry_run or self._delete(env, item)
+                done.add(item.rel)
+                if ok is None:
+                    report.skipped += 1
+                    continue
+                budget -= 1
+                d = Deletion(item.kind, item.rel, item.size, env.now - item.mtime, reason, bool(ok) and not dry_run)
+                report.deletions.append(d)
+                if need is not None and ok:
+                    need[0] -= item.size
+                if d.deleted:
+                    self.recent.append(d)
+                    self.deleted_files[item.kind] += 1
+                    self.deleted_bytes[item.kind] += item.size
+                    log.info("janitor: %s", d.line(False))
+
+        # 1. age
+        expired: list[Iterator[Item]] = []
+        for kind in self.kinds:
+            max_age = getattr(cfg, kind.retention, 0) or 0
+            if max_age > 0:
+                cutoff = env.now - max_age
+                expired.append(_oldest((i for i in kind.items(env) if i.mtime < cutoff), budget))
+        if expired:
+            take(heapq.merge(*expired, key=lambda i: i.mtime), "older than its retention")
+
+        # 2. space and quota
+        free, total = disk(self.layout.root)
+        report.free_before = free
+        need_free = max(0, parse_min_free(cfg.min_free, total) - free)
+        need_quota = 0
+        if cfg.quota > 0:
+            used, _ = tree_size(self.layout.root)
+            need_quota = max(0, used - cfg.quota)
+        if dry_run:
+            # The age step deleted nothing: count what it would have freed.
+            would = sum(d.size for d in report.deletions)
+            need_free, need_quota = max(0, need_free - would), max(0, need_quota - would)
+        need = [max(need_free, need_quota)]
+        report.needed = need[0]
+        reason = "free space below min_free" if need_free >= need_quota else "data root above quota"
+        for tier in sorted({k.tier for k in self.kinds}):
+            if need[0] <= 0 or budget <= 0:
+                break
+            kinds = [k for k in self.kinds if k.tier == tier]
+            candidates = heapq.merge(*(_oldest(k.items(env), budget + len(done)) for k in kinds),
+                                     key=lambda i: i.mtime)
+            take(candidates, reason, need)
+        report.short = max(0, need[0])
+        report.free_after = disk(self.layout.root)[0]
+        if report.short and not dry_run:
+            log.warning("janitor: still %s short of min_free/quota after deleting %d item(s)%s",
+                        human(report.short), len(report.deletions),
+                        " (max files per pass reached)" if budget <= 0 else ": nothing else may be deleted")
+        self.passes += 1
+        self.last_pass = time.time()
+        self.last_report = report
+        return report
+
+    def _delete(self, env: Env, item: Item) -> bool | None:
+        """True when deleted; None when skipped (busy, pinned meanwhile, gone)."""
+        kind = next(k for k in self.kinds if k.name == item.kind)
+        try:
+            return True if kind.delete(env, item) else None
+        except Timeout:
+            return None
+        except FileNotFoundError:
+            return None
+        except OSError:
+            log.exception("janitor: could not delete %s", item.rel)
+            return None
+
+
+def _oldest(items: Iterator[Item], n: int) -> Iterator[Item]:
+    """The ``n`` oldest of ``items``, oldest first; memory stays O(n) however many there are."""
+    return iter(heapq.nsmallest(n, items, key=lambda i: (i.mtime, i.rel)))
+
+
+class JanitorTask:
+    """Runs passes in a thread: at start, every ``interval`` and when poked.  Not thread safe: the loop's."""
+
+    MIN_GAP = 1.0  # a disk that stays full must not turn pokes into a walk loop
+
+    def __init__(self, janitor: Janitor, interval: float) -> None:
+        self.janitor = janitor
+        self.interval = interval
+        self.pokes = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.running = False
+
+    def poke(self) -> None:
+        self.pokes += 1
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="janitor")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run_once(self, trigger: str) -> PassReport | None:
+        self.running = True
+        try:
+            return await asyncio.to_thread(self.janitor.run_blocking, trigger=trigger)
+        except Exception:
+            log.exception("janitor pass failed; the next one tries again")
+            return None
+        finally:
+            self.running = False
+
+    async def _loop(self) -> None:
+        trigger = "start"
+        while True:
+            self._wake.clear()
+            began = time.monotonic()
+            await self.run_once(trigger)
+            timeout = self.interval if self.interval > 0 else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+                trigger = "poke"
+                await asyncio.sleep(max(0.0, self.MIN_GAP - (time.monotonic() - began)))
+            except asyncio.TimeoutError:
+                trigger = "periodic"
+
+
+def format_report(report: PassReport) -> Iterator[str]:
+    for d in report.deletions:
+        yield d.line(report.dry_run)
+    verb = "would free" if report.dry_run else "freed"
+    yield (f"{len(report.deletions)} item(s), {verb} {human(sum(d.size for d in report.deletions))}; "
+           f"free space {human(report.free_before)} before"
+           + ("" if report.dry_run else f", {human(report.free_after)} after")
+           + (f"; still {human(report.short)} short" if report.short else ""))
+

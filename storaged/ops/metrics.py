@@ -1,0 +1,190 @@
+"""Prometheus metrics: a per-app registry, a cached usage walk, request counters.
+
+Protocol
+--------
+Bytes and files per kind of data, objects and jobs by state come from a walk
+of the tree that runs in a thread every ``metrics_interval`` and is cached;
+a scrape only reads the cache (and one ``statvfs``), so scraping never walks
+the tree.  Live figures (recordings, cameras, janitor counters) are read from
+the services when the scrape happens.  Each app has its own
+``CollectorRegistry``, so many apps in one process never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from storaged.config import Config
+from storaged.jobs.state import read_state
+from storaged.ops.kinds import KINDS, Env, Guard, Kind, queue_entries
+from storaged.ops.pins import PIN
+from storaged.store.atomic import read_json_or
+from storaged.store.layout import Layout
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+
+
+@dataclass
+class Usage:
+    kinds: dict[str, tuple[int, int]] = field(default_factory=dict)
+    objects: int = 0
+    pinned: int = 0
+    jobs: Tally = field(default_factory=Tally)
+    queue: int = 0
+    stream_restarts: int = 0
+    walked_at: float = 0.0
+    duration: float = 0.0
+
+
+def _dirs(path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def job_dirs(layout: Layout) -> Iterator:
+    """Every job directory the families keep (analyses, camera exports, session splits, stream clips)."""
+    root = layout.root
+    for oid in layout.object_ids():
+        od = layout.object_dir(oid)
+        for name in _dirs(od / "analysis"):
+            yield od / "analysis" / name
+    for name in _dirs(root / "camera" / "processes"):
+        yield root / "camera" / "processes" / name
+    for split in _dirs(root / "sessions"):
+        if split.endswith(".split"):
+            for name in _dirs(root / "sessions" / split):
+                yield root / "sessions" / split / name
+    for sid in _dirs(root / "streams"):
+        for name in _dirs(root / "streams" / sid / "clips"):
+            yield root / "streams" / sid / "clips" / name
+
+
+def walk_usage(layout: Layout, config: Config, kinds: list[Kind] | None = None) -> Usage:
+    """The figures a scrape shows.  Blocking: call in a thread."""
+    began = time.monotonic()
+    env = Env(layout, config, Guard(), usage=True)
+    out = Usage()
+    for kind in kinds or KINDS:
+        size = files = 0
+        for item in kind.items(env):
+            size += item.size
+            files += item.files
+        out.kinds[kind.name] = (size, files)
+    for oid in layout.object_ids():
+        out.objects += 1
+        out.pinned += os.path.exists(layout.object_dir(oid) / PIN)
+    for jd in job_dirs(layout):
+        state = read_state(jd)
+        if state is not None:
+            out.jobs[state.status] += 1
+    out.queue = len(queue_entries(layout))
+    for sid in _dirs(layout.root / "streams"):
+        state = read_json_or(layout.root / "streams" / sid / "state.json", None)
+        if isinstance(state, dict) and isinstance(state.get("restarts"), int):
+            out.stream_restarts += state["restarts"]
+    out.walked_at = time.time()
+    out.duration = time.monotonic() - began
+    return out
+
+
+class Metrics:
+    def __init__(self, live: Callable[[], dict[str, Any]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("storaged_http_requests", "HTTP requests by method, route template and status.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("storaged_http_request_duration_seconds",
+                                 "Time to a response (headers ready) by method and route template.",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.usage: Usage | None = None
+        self.disk: tuple[int, int] | None = None
+        self.live = live
+        self.registry.register(_StateCollector(self))
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in METHODS else "other"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        m = self.m
+        u = m.usage
+        data_bytes = GaugeMetricFamily("storaged_data_bytes", "Bytes per kind of data (cached walk).",
+                                       labels=["kind"])
+        data_files = GaugeMetricFamily("storaged_data_files", "Files per kind of data (cached walk).",
+                                       labels=["kind"])
+        jobs = GaugeMetricFamily("storaged_jobs", "Job directories by state (cached walk).", labels=["state"])
+        if u is not None:
+            for kind, (size, files) in sorted(u.kinds.items()):
+                data_bytes.add_metric([kind], size)
+                data_files.add_metric([kind], files)
+            for state in JOB_STATES:
+                jobs.add_metric([state], u.jobs.get(state, 0))
+        yield data_bytes
+        yield data_files
+        yield jobs
+        yield GaugeMetricFamily("storaged_objects", "Stored objects (cached walk).",
+                                value=u.objects if u else 0)
+        yield GaugeMetricFamily("storaged_objects_pinned", "Pinned objects (cached walk).",
+                                value=u.pinned if u else 0)
+        yield GaugeMetricFamily("storaged_job_queue_entries", "Entries in the job queue (cached walk).",
+                                value=u.queue if u else 0)
+        yield GaugeMetricFamily("storaged_usage_walk_timestamp_seconds", "When the usage walk last finished.",
+                                value=u.walked_at if u else 0)
+        yield GaugeMetricFamily("storaged_usage_walk_duration_seconds", "How long the last usage walk took.",
+                                value=u.duration if u else 0)
+        if m.disk is not None:
+            free, total = m.disk
+            yield GaugeMetricFamily("storaged_filesystem_free_bytes",
+                                    "Free bytes (for the daemon) on the data filesystem.", value=free)
+            yield GaugeMetricFamily("storaged_filesystem_size_bytes", "Size of the data filesystem.", value=total)
+        live = m.live() or {}
+        yield GaugeMetricFamily("storaged_recordings_active", "Streams whose segmenter is running.",
+                                value=live.get("recordings_active", 0))
+        yield GaugeMetricFamily("storaged_motion_cameras_active", "Cameras whose motion ffmpeg is running.",
+                                value=live.get("motion_cameras_active", 0))
+        yield GaugeMetricFamily("storaged_jobs_supervised", "Jobs the runner watches right now.",
+                                value=live.get("jobs_supervised", 0))
+        restarts = CounterMetricFamily("storaged_ffmpeg_restarts", "Restarts of supervised ffmpeg processes.",
+                                       labels=["family"])
+        restarts.add_metric(["streams"], u.stream_restarts if u else 0)
+        restarts.add_metric(["camera"], live.get("camera_restarts", 0))
+        yield restarts
+        janitor = live.get("janitor")
+        passes = CounterMetricFamily("storaged_janitor_passes", "Janitor passes run.")
+        passes.add_metric([], janitor.passes if janitor else 0)
+        yield passes
+        files = CounterMetricFamily("storaged_janitor_deleted_files", "Items the janitor deleted, by kind.",
+                                    labels=["kind"])
+        size = CounterMetricFamily("storaged_janitor_deleted_bytes", "Bytes the janitor deleted, by kind.",
+                                   labels=["kind"])
+        if janitor is not None:
+            for kind in janitor.kinds:
+                files.add_metric([kind.name], janitor.deleted_files.get(kind.name, 0))
+                size.add_metric([kind.name], janitor.deleted_bytes.get(kind.name, 0))
+        yield files
+        yield size
+        yield GaugeMetricFamily("storaged_janitor_last_pass_timestamp_seconds", "When the last janitor pass ended.",
+                                value=(janitor.last_pass or 0) if janitor else 0)

@@ -1,0 +1,144 @@
+"""fsck: each planted fault is found (non-zero exit); --repair leaves a tree fsck passes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from storaged.procs import ProcessIdentity, boot_id
+from storaged.store.layout import Layout
+from storaged.store.objects import ObjectStore
+from tests.ops_helpers import backdate
+
+
+def fsck(data: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "storaged", "fsck", "--data-dir", str(data), *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def build_tree(data: Path) -> dict:
+    """A healthy tree: three objects, a finished analysis, a record, a queued job with its entry."""
+    layout = Layout(data)
+    layout.ensure()
+    store = ObjectStore(layout, max_size=1 << 30)
+    ids = []
+    for n in range(3):
+        src = layout.tmp / f"src{n}"
+        src.write_bytes(os.urandom(20_000 + n))
+        # The last one is named like JSON but is not: an object's own bytes are never parsed.
+        ids.append(store.put_file_blocking(src, "notes.json" if n == 2 else f"video{n}.mp4")["file_id"])
+    aid = "a" * 40
+    job = layout.object_dir(ids[1]) / "analysis" / aid
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
+    (job / "thumb.jpg").write_bytes(b"jpeg")
+    (job / "results.json").write_text(json.dumps(
+        {"status": "done", "sprite": f"/download/{ids[1]}/analysis/{aid}/thumb.jpg"}))
+    (data / "sessions").mkdir()
+    (data / "sessions" / "1.json").write_text(json.dumps({"id": 1, "name": "race day"}))
+    queued = layout.object_dir(ids[2]) / "analysis" / ("b" * 40)
+    queued.mkdir(parents=True)
+    (queued / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
+    (data / "jobs" / "queue").mkdir(parents=True)
+    rel = os.path.relpath(queued, data)
+    (data / "jobs" / "queue" / "00000000000000000001-aaaa.json").write_text(json.dumps({"job_dir": rel}))
+    return {"layout": layout, "ids": ids, "job": job}
+
+
+def test_clean_tree_passes(tmp_path: Path):
+    data = tmp_path / "data"
+    build_tree(data)
+    out = fsck(data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "checked 3 objects" in out.stdout and "0 problem(s)" in out.stdout
+
+
+def test_each_planted_fault_is_found_and_repair_leaves_a_clean_tree(tmp_path: Path):
+    data = tmp_path / "data"
+    tree = build_tree(data)
+    layout: Layout = tree["layout"]
+    ids = tree["ids"]
+    # 1. a flipped byte in an object
+    flipped = layout.object_dir(ids[0]) / "video0.mp4"
+    raw = bytearray(flipped.read_bytes())
+    raw[100] ^= 0xFF
+    flipped.write_bytes(bytes(raw))
+    # 2. a truncated JSON record
+    record = data / "sessions" / "1.json"
+    record.write_text(record.read_text()[:9])
+    # 3. a stale pid file: a job whose worker died without results, still in the queue
+    dead = subprocess.Popen(["true"])
+    identity = ProcessIdentity.of(dead.pid) or ProcessIdentity(dead.pid, boot_id(), 1)
+    dead.wait()
+    stale = layout.object_dir(ids[2]) / "analysis" / ("c" * 40)
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
+    (stale / "inrun.pid").write_text(json.dumps(identity.to_json()))
+    (data / "jobs" / "queue" / "00000000000000000002-bbbb.json").write_text(
+        json.dumps({"job_dir": os.path.relpath(stale, data)}))
+    # 4. stray temp files: one beside the records, one old entry in tmp/ (young ones are writes in flight)
+    stray = data / "sessions" / ".2.json.0123456789ab.tmp"
+    stray.write_text("{")
+    backdate(stray, 7200)
+    old_tmp = layout.tmp / "upload-deadbeef.tmp"
+    old_tmp.write_bytes(b"partial")
+    backdate(old_tmp, 7200)
+    young_tmp = layout.tmp / "upload-inflight.tmp"
+    young_tmp.write_bytes(b"being written")
+    # 5. a queue entry pointing nowhere; 6. results naming an output that is gone
+    (data / "jobs" / "queue" / "00000000000000000003-cccc.json").write_text(
+        json.dumps({"job_dir": "aa/" + "b" * 62 + "/analysis/" + "d" * 40}))
+    (tree["job"] / "thumb.jpg").unlink()
+
+    found = fsck(data)
+    assert found.returncode == 1, found.stdout + found.stderr
+    text = found.stdout
+    assert f"damaged object {ids[0][:2]}/{ids[0][2:]}: content does not hash to its id" in text
+    assert "damaged JSON sessions/1.json" in text
+    assert f"stale job {os.path.relpath(stale, data)}: pid file of a dead worker, and no results" in text
+    assert "stray temp sessions/.2.json.0123456789ab.tmp" in text
+    assert "stray temp tmp/upload-deadbeef.tmp" in text
+    assert "upload-inflight" not in text
+    assert "dangling queue entry jobs/queue/00000000000000000003-cccc.json" in text
+    assert f"damaged job {os.path.relpath(tree['job'], data)}: results list outputs that are missing" in text
+    assert "7 problem(s)" in text
+    # Nothing was changed by looking.
+    assert flipped.exists() and stray.exists() and (stale / "inrun.pid").exists()
+
+    repaired = fsck(data, "--repair")
+    assert repaired.returncode == 1, repaired.stdout + repaired.stderr
+    assert "7 problem(s), 7 repaired" in repaired.stdout
+    lost = data / "lost+found"
+    assert (lost / ids[0][:2] / ids[0][2:] / "video0.mp4").read_bytes() == bytes(raw)
+    assert (lost / "sessions" / "1.json").exists() and not record.exists()
+    results = json.loads((stale / "results.json").read_text())
+    assert results["status"] == "failed" and "interrupted" in results["error_message"]
+    assert not (stale / "inrun.pid").exists()
+    assert not stray.exists() and not old_tmp.exists() and young_tmp.exists()
+    assert not (data / "jobs" / "queue" / "00000000000000000003-cccc.json").exists()
+    assert not (data / "jobs" / "queue" / "00000000000000000002-bbbb.json").exists()
+    assert (data / "jobs" / "queue" / "00000000000000000001-aaaa.json").exists()  # a healthy queued job stays
+
+    again = fsck(data)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 problem(s)" in again.stdout
+
+
+def test_fsck_passes_the_tree_of_a_live_daemon(tmp_path: Path, daemon):
+    """A running daemon's tree is clean to fsck; its young temps are not strays."""
+    data = tmp_path / "data"
+    build_tree(data)
+    for entry in (data / "jobs" / "queue").iterdir():
+        entry.unlink()
+    d = daemon(data_dir=data)
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(f"{d.url}/upload?name=x.bin", data=os.urandom(5000),
+                                                       method="POST"), timeout=30) as resp:
+        assert resp.status == 200
+    out = fsck(data)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "checked 4 objects" in out.stdout
