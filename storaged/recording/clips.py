@@ -174,7 +174,8 @@ class ClipService:
         jd = self.job_dir(stream_id, cid)
         began = time.monotonic()
         index = self.streams.index(stream_id)
-        segments = await asyncio.to_thread(index.segments)
+        # Segments the janitor has removed are still listed by their run; they count as missing.
+        segments = await asyncio.to_thread(lambda: [s for s in index.segments() if index.path(s).exists()])
         if stop is None:
             stop_eff = max((s.end for s in segments), default=start)
             stop_eff = max(stop_eff, start)
