@@ -107,7 +107,11 @@ class Daemon:
             [sys.executable, "-m", "storaged", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--no-access-log", *self.extra],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        wait_until_sync(self._healthy, timeout=timeout, what="daemon /healthz")
+        try:
+            wait_until_sync(self._healthy, timeout=timeout, what="daemon /healthz")
+        except BaseException:
+            self.kill()  # never leave a daemon behind a failed start
+            raise
         return self
 
     def _healthy(self) -> bool:

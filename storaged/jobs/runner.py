@@ -54,6 +54,7 @@ from storaged.store.atomic import read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
 
 log = logging.getLogger("storaged.jobs")
+FINAL_CACHE_SIZE = 10_000
 
 
 def now_iso() -> str:
@@ -80,6 +81,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._zygote: subprocess.Popen | None = None
+        self._final: dict[str, tuple[int, JobState]] = {}
         self.use_zygote = use_zygote
         self.max_seen_running = 0
 
@@ -160,9 +162,29 @@ class JobRunner:
         return await self.state(job_dir)
 
     async def state(self, job_dir: Path) -> JobState:
-        state = await asyncio.to_thread(read_state, Path(job_dir))
+        """The job's state.  Finished states are cached, checked by one stat of results.json.
+
+        Status polls are the daemon's most frequent request; a finished job's
+        results only change through retry or cancel (which drop the cache
+        entry) or by someone removing them (which the stat sees).  A single
+        stat of a hot inode costs less than the thread hop a read needs.
+        """
+        key = str(job_dir)
+        cached = self._final.get(key)
+        if cached is not None:
+            try:
+                if os.stat(os.path.join(key, RESULTS)).st_mtime_ns == cached[0]:
+                    return cached[1]
+            except FileNotFoundError:
+                pass
+            self._final.pop(key, None)
+        stamp, state = await asyncio.to_thread(_stamped_state, Path(job_dir))
         if state is None:
             raise NotFound("job not found")
+        if stamp is not None and state.results is not None:
+            if len(self._final) >= FINAL_CACHE_SIZE:
+                self._final.pop(next(iter(self._final)))
+            self._final[key] = (stamp, state)
         return state
 
     async def cancel(self, job_dir: Path, *, remove: bool = True) -> JobState | None:
@@ -172,6 +194,7 @@ class JobRunner:
             state = await asyncio.to_thread(read_state, job_dir)
             if state is None:
                 raise NotFound("job not found")
+            self._final.pop(str(job_dir), None)
             running = self._running.pop(job_dir, None)
             identity = running.identity if running else state.worker
             if identity is not None:
@@ -213,6 +236,7 @@ class JobRunner:
         write_json(entry, {"job_dir": rel})
 
     def _reset(self, job_dir: Path) -> None:
+        self._final.pop(str(job_dir), None)
         for name in (RESULTS, PROGRESS, PIDFILE):
             unlink_quiet(job_dir / name)
 
@@ -345,6 +369,15 @@ class JobRunner:
             write_pidfile(job_dir / PIDFILE, identity)
         log.info("started job %s (pid %d)", job_dir, pid)
         return _Running(job_dir, entry, identity)
+
+def _stamped_state(job_dir: Path) -> tuple[int | None, JobState | None]:
+    """The state plus the mtime of results.json as seen *before* reading it (so a change after is seen)."""
+    try:
+        stamp = os.stat(job_dir / RESULTS).st_mtime_ns
+    except FileNotFoundError:
+        stamp = None
+    return stamp, read_state(job_dir)
+
 
 def _log_tail(path: Path, lines: int = 20) -> list[str]:
     try:
