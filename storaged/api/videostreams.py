@@ -1,9 +1,155 @@
-"""Videostreams catalogue (/api/v1/videostreams)."""
+"""Videostreams catalogue (specs/videostreams.md): /api/v1/videostreams."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, AsyncIterator
+
 from aiohttp import web
+
+from storaged.api.keys import CONFIG, LAYOUT
+from storaged.errors import BadRequest
+from storaged.videostreams import times
+from storaged.videostreams.service import VideostreamCatalogue
+
+log = logging.getLogger("storaged.videostreams")
+VIDEOSTREAMS = web.AppKey("videostreams", VideostreamCatalogue)
+MAX_LIMIT = 10_000
+BASE = "/api/v1/videostreams"
+routes = web.RouteTableDef()
 
 
 def setup(app: web.Application) -> None:
     """Add this family's routes and services to the app."""
+    app[VIDEOSTREAMS] = VideostreamCatalogue(app[LAYOUT])
+    app.cleanup_ctx.append(_catalogue_ctx)
+    app.add_routes(routes)
+
+
+async def _catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
+    # The index is built in the background so the rest of the daemon serves at
+    # once; every catalogue call awaits the same load, so a videostreams
+    # request that comes early waits for it instead of seeing an empty catalogue.
+    task = asyncio.create_task(app[VIDEOSTREAMS].load(), name="videostreams-load")
+    task.add_done_callback(_log_failure)
+    yield
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("videostreams: loading the catalogue failed (retried on the next request): %s",
+                  task.exception())
+
+
+async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip() and optional:
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body must be a JSON object (it is not valid JSON)") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _only(body: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
+    for name in body:
+        if name == "id":
+            raise BadRequest("id is read-only", field="id")
+        if name not in allowed:
+            raise BadRequest(f"unknown field for {what}: {name}", field=str(name))
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return request.app[CONFIG].videostreams_page_size
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be an integer between 1 and {MAX_LIMIT}, not {raw!r}", field="limit")
+    return int(raw)
+
+
+@routes.get(BASE)
+async def query(request: web.Request) -> web.Response:
+    """Videostreams overlapping a time span (open-ended bounds, capture source filter), by start; paged."""
+    q = request.query
+    bounds = []
+    for name in ("timespan[start]", "timespan[end]"):
+        raw = q.get(name)
+        bounds.append(None if raw is None or raw == "" else times.parse_us(raw, name, plus_as_space=True))
+    source = q.get("capturesource")
+    if source is not None and source != "":
+        if not source.isdigit():
+            raise BadRequest("malformed capturesource: expected a positive integer id", field="capturesource")
+        source_id: int | None = int(source)
+    else:
+        source_id = None
+    page = await request.app[VIDEOSTREAMS].query(bounds[0], bounds[1], source_id, _limit(request),
+                                                 q.get("cursor"))
+    headers = {}
+    if page.next_cursor is not None:
+        headers["X-Next-Cursor"] = page.next_cursor
+        headers["Link"] = f'<{request.rel_url.update_query(cursor=page.next_cursor)}>; rel="next"'
+    return web.json_response(page.items, headers=headers)
+
+
+@routes.post(BASE)
+async def create(request: web.Request) -> web.Response:
+    """Create a videostream (stream_url and startTime required); answers the record with its id."""
+    return web.json_response(await request.app[VIDEOSTREAMS].create(await _body(request)))
+
+
+@routes.post(BASE + "/live")
+async def start_live(request: web.Request) -> web.Response:
+    """Start a live videostream: start = now, no end."""
+    body = await _body(request)
+    _only(body, ("stream_url", "capturesource", "startTime"), "a live stream")
+    if "stream_url" not in body:
+        raise BadRequest("stream_url is required", field="stream_url")
+    record = await request.app[VIDEOSTREAMS].start_live(body["stream_url"], body.get("capturesource"),
+                                                        body.get("startTime"))
+    return web.json_response(record)
+
+
+@routes.patch(BASE + "/{id}/live")
+async def end_live(request: web.Request) -> web.Response:
+    """End a live videostream: end = now (409 if it already ended)."""
+    catalogue = request.app[VIDEOSTREAMS]
+    record_id = catalogue.parse_id(request.match_info["id"])
+    body = await _body(request, optional=True)
+    _only(body, ("endTime",), "ending a live stream")
+    if "endTime" in body and body["endTime"] is None:
+        raise BadRequest("endTime cannot be null here", field="endTime")
+    return web.json_response(await catalogue.end_live(record_id, body.get("endTime")))
+
+
+@routes.get(BASE + "/{id}")
+async def get(request: web.Request) -> web.Response:
+    """One videostream."""
+    return web.json_response(await request.app[VIDEOSTREAMS].get(request.match_info["id"]))
+
+
+@routes.patch(BASE + "/{id}")
+async def update(request: web.Request) -> web.Response:
+    """Update a videostream's fields (e.g. a new stream_url)."""
+    catalogue = request.app[VIDEOSTREAMS]
+    record_id = catalogue.parse_id(request.match_info["id"])
+    return web.json_response(await catalogue.update(record_id, await _body(request)))
+
+
+@routes.delete(BASE + "/{id}")
+async def delete(request: web.Request) -> web.Response:
+    """Delete a videostream."""
+    catalogue = request.app[VIDEOSTREAMS]
+    record_id = catalogue.parse_id(request.match_info["id"])
+    await catalogue.delete(record_id)
+    return web.json_response({"id": record_id, "deleted": True})

@@ -1,0 +1,1 @@
+"""Videostreams catalogue: records of captured videos with time spans, and overlap queries."""

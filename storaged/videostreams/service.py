@@ -1,0 +1,413 @@
+"""The videostreams catalogue: captured videos with a time span, a URL and a capture source.
+
+Protocol
+--------
+*On disk.*  One record per videostream, ``<data>/videostreams/<id>.json``,
+exactly the API's shape: ``{"id", "startTime", "endTime", "stream_url",
+"capturesource"}`` (times RFC 3339 UTC, ``endTime`` null while a live stream
+runs).  Ids are random integers in ``[2**40, 2**53)``.  Files are written by
+:class:`storaged.store.records.RecordStore` (temp + fsync + rename + fsync of
+the directory, per-record file lock; see its protocol).
+
+*In memory.*  Every record, and a :class:`TimeIndex` over their spans, built
+from the tree in a worker thread the first time the catalogue is used (the
+app's start-up does that) and swapped in whole; it is a cache - deleting it
+loses nothing.  Every write changes the file first and then the memory, both
+under one per-id asyncio lock (striped), so the memory follows the files in
+the order the writes happened; a failed write leaves the memory as it was.
+
+*What a reader sees.*  GET and queries read the memory: a write is visible
+as soon as its request answers, never before its file is durable.
+
+*What a crash leaves.*  What RecordStore leaves (at worst a stray temp file);
+the memory is rebuilt from the files on the next start.  A record edited by
+hand is seen after a restart; an unreadable one is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+from storaged.errors import BadRequest, Conflict, NotFound
+from storaged.store.layout import Layout
+from storaged.store.records import MAX_SAFE_INT, RecordStore
+from storaged.videostreams import times
+from storaged.videostreams.timeindex import TimeIndex
+
+log = logging.getLogger("storaged.videostreams")
+
+KIND = "videostreams"
+FIELDS = ("startTime", "endTime", "stream_url", "capturesource")
+MAX_URL_LENGTH = 8192
+_CURSOR = re.compile(r"^(-?[0-9]{1,20})\.([0-9]{1,16})$")
+_LOCK_STRIPES = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_decode = json.JSONDecoder().raw_decode
+Row = tuple[int, str, "str | None", str, "int | None"]
+# A record file exactly as RecordStore writes it (write_json: indent 2, sorted
+# keys) with canonical times and a URL that needs no JSON escapes; anything
+# else takes the json module and the full checks.
+_OWN_RECORD = re.compile(
+    r'\{\n  "capturesource": (null|[1-9][0-9]{0,15}),\n'
+    r'  "endTime": (null|"' + times.CANONICAL_PATTERN + r'"),\n'
+    r'  "id": ([1-9][0-9]{0,15}),\n'
+    r'  "startTime": "(' + times.CANONICAL_PATTERN + r')",\n'
+    r'  "stream_url": "([^"\\\x00-\x1f\x7f]{1,8192})"\n\}\n')
+
+TimeLike = datetime | str | int | None
+
+
+class QueryPage(NamedTuple):
+    items: list[dict[str, Any]]
+    next_cursor: str | None  # pass back as ``cursor`` for the next page; None = no more
+
+
+class VideostreamCatalogue:
+    """Create, read, query, update, delete videostreams; start and end live ones.
+
+    Times may be given as aware datetimes or RFC 3339 strings (``query``
+    also takes integer microseconds since the epoch); records always carry
+    RFC 3339 UTC strings, ``endTime`` None while a stream is live.
+    Errors are :mod:`storaged.errors` (BadRequest 400 naming the field in its
+    message and in ``extra["field"]``, NotFound 404, Conflict 409).
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        self.store = RecordStore(layout, KIND, ids="random53")
+        # id -> (id, startTime, endTime, stream_url, capturesource): tuples, not
+        # dicts, keep 100k records in a third of the memory.
+        self._records: dict[int, Row] = {}
+        self._index = TimeIndex()
+        self._loaded = False
+        self._load_lock = asyncio.Lock()
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+
+    # -- loading -------------------------------------------------------------
+    async def load(self) -> None:
+        """Build the memory from the tree once (in a thread); later calls return at once."""
+        if self._loaded:
+            return
+        async with self._load_lock:
+            if self._loaded:
+                return
+            t0 = time.monotonic()
+            records, index, skipped = await asyncio.to_thread(self._load_blocking)
+            self._records, self._index, self._loaded = records, index, True
+            log.info("videostreams: loaded %d records in %.2fs%s", len(records), time.monotonic() - t0,
+                     f" ({skipped} unreadable skipped)" if skipped else "")
+
+    def _load_blocking(self) -> tuple[dict[int, Row], TimeIndex, int]:
+        directory = self.store.dir
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return {}, TimeIndex(), 0
+        records: dict[int, Row] = {}
+        entries = []
+        skipped = 0
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for name in names:
+                stem = name[:-5]
+                if not name.endswith(".json") or not stem.isdigit() or stem[0] == "0":
+                    continue
+                record_id = int(stem)
+                try:
+                    text = _read_small(name, dir_fd).decode()
+                    parsed = _parse_own(text, record_id)
+                    if parsed is None:  # not byte for byte as written here: the full check
+                        record, start, end = self._from_disk(_decode(text)[0], record_id)
+                        parsed = _row(record), start, end
+                except (OSError, ValueError, BadRequest) as exc:
+                    skipped += 1
+                    log.warning("videostreams: skipping unreadable record %s: %s", name, exc)
+                    continue
+                row, start, end = parsed
+                records[record_id] = row
+                entries.append((record_id, start, end, row[4]))
+        finally:
+            os.close(dir_fd)
+        return records, TimeIndex.build(entries), skipped
+
+    @staticmethod
+    def _from_disk(raw: Any, record_id: int) -> tuple[dict[str, Any], int, int | None]:
+        """A stored record, checked and normalised, with its span in microseconds."""
+        if not isinstance(raw, dict) or raw.get("id") != record_id:
+            raise ValueError("not a videostream record with the id of its file name")
+        start_text, end_text = raw.get("startTime"), raw.get("endTime")
+        start = times.parse_canonical(start_text)
+        if start is None:
+            start = times.parse_us(start_text, "startTime")
+            start_text = times.format_us(start)
+        end = None
+        if end_text is not None:
+            end = times.parse_canonical(end_text)
+            if end is None:
+                end = times.parse_us(end_text, "endTime")
+                end_text = times.format_us(end)
+            if end <= start:
+                raise ValueError("endTime not after startTime")
+        record = {"id": record_id, "startTime": start_text, "endTime": end_text,
+                  "stream_url": _check_url(raw.get("stream_url")),
+                  "capturesource": _check_source(raw.get("capturesource"))}
+        return record, start, end
+
+    # -- reading -------------------------------------------------------------
+    async def get(self, id: int | str) -> dict[str, Any]:
+        await self.load()
+        record_id = self.parse_id(id)
+        row = self._records.get(record_id)
+        if row is None:
+            raise NotFound(f"videostream {record_id} not found")
+        return _as_dict(row)
+
+    async def query(self, start: TimeLike = None, end: TimeLike = None, capturesource: int | None = None,
+                    limit: int | None = None, cursor: str | None = None) -> QueryPage:
+        """Every videostream overlapping ``[start, end]`` (bounds included; None = open), by start.
+
+        Live streams (no end yet) overlap every span that reaches their start.
+        ``capturesource`` None means any source.  ``limit`` None answers all.
+        """
+        await self.load()
+        qs = None if start is None else _as_us(start, "timespan[start]")
+        qe = None if end is None else _as_us(end, "timespan[end]")
+        if qs is not None and qe is not None and qe < qs:
+            raise BadRequest("timespan[end] must not be before timespan[start]", field="timespan[end]")
+        source = None if capturesource is None else _check_source(capturesource)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise BadRequest("limit must be a positive integer", field="limit")
+        after = None if cursor is None else _parse_cursor(cursor)
+        found = self._index.query(qs, qe, source=source, any_source=source is None, after=after,
+                                  limit=None if limit is None else limit + 1)
+        next_cursor = None
+        if limit is not None and len(found) > limit:
+            del found[limit:]
+            next_cursor = f"{found[-1][0]}.{found[-1][1]}"
+        records = self._records
+        return QueryPage([_as_dict(records[record_id]) for _, record_id in found], next_cursor)
+
+    # -- writing -------------------------------------------------------------
+    async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A new videostream; ``stream_url`` and ``startTime`` required, ``endTime`` None = still going."""
+        await self.load()
+        change = _check_fields(fields, FIELDS)
+        for name in ("stream_url", "startTime"):
+            if change.get(name) is None:
+                raise BadRequest(f"{name} is required", field=name)
+        start, end = change["startTime"], change.get("endTime")
+        _check_span(start, end)
+        record = _render(0, start, end, change["stream_url"], change.get("capturesource"))
+        del record["id"]  # RecordStore draws it
+        stored = await self.store.create(record)
+        async with self._lock_for(stored["id"]):
+            self._remember(stored, start, end)
+        return dict(stored)
+
+    async def update(self, id: int | str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Change some of ``startTime``, ``endTime`` (None reopens), ``stream_url``, ``capturesource``."""
+        await self.load()
+        record_id = self.parse_id(id)
+        change = _check_fields(fields, FIELDS)
+        if "startTime" in change and change["startTime"] is None:
+            raise BadRequest("startTime cannot be null", field="startTime")
+
+        def apply(current: dict[str, Any]) -> dict[str, Any]:
+            record, start, end = self._from_disk(current, record_id)
+            start = change.get("startTime", start)
+            end = change.get("endTime", end)
+            _check_span(start, end)
+            return _render(record_id, start, end, change.get("stream_url", record["stream_url"]),
+                           change.get("capturesource", record["capturesource"]))
+
+        return await self._write(record_id, apply)
+
+    async def delete(self, id: int | str) -> None:
+        await self.load()
+        record_id = self.parse_id(id)
+        async with self._lock_for(record_id):
+            try:
+                await self.store.delete(record_id)
+            except NotFound:
+                self._forget(record_id)
+                raise NotFound(f"videostream {record_id} not found") from None
+            self._forget(record_id)
+
+    async def start_live(self, stream_url: str, capturesource: int | None = None,
+                         start: TimeLike = None) -> dict[str, Any]:
+        """A new videostream starting now (or at ``start``) with no end yet."""
+        fields: dict[str, Any] = {"stream_url": stream_url, "capturesource": capturesource,
+                                  "startTime": datetime.now(timezone.utc) if start is None else start}
+        return await self.create(fields)
+
+    async def end_live(self, id: int | str, end: TimeLike = None) -> dict[str, Any]:
+        """Set the end of a live stream to now (or ``end``); Conflict if it has already ended."""
+        await self.load()
+        record_id = self.parse_id(id)
+        end_us = None if end is None else times.parse_us(end, "endTime")
+
+        def apply(current: dict[str, Any]) -> dict[str, Any]:
+            record, start, old_end = self._from_disk(current, record_id)
+            if old_end is not None:
+                raise Conflict(f"videostream {record_id} has already ended (endTime {record['endTime']})")
+            new_end = times.now_us() if end_us is None else end_us
+            _check_span(start, new_end)
+            return _render(record_id, start, new_end, record["stream_url"], record["capturesource"])
+
+        return await self._write(record_id, apply)
+
+    async def _write(self, record_id: int, apply) -> dict[str, Any]:
+        async with self._lock_for(record_id):
+            try:
+                new = await self.store.update(record_id, apply)
+            except NotFound:
+                self._forget(record_id)
+                raise NotFound(f"videostream {record_id} not found") from None
+            record, start, end = self._from_disk(new, record_id)
+            self._remember(record, start, end)
+            return dict(record)
+
+    # -- memory --------------------------------------------------------------
+    def _lock_for(self, record_id: int) -> asyncio.Lock:
+        return self._locks[record_id % _LOCK_STRIPES]
+
+    def _remember(self, record: dict[str, Any], start: int, end: int | None) -> None:
+        self._index.add(record["id"], start, end, record["capturesource"])
+        self._records[record["id"]] = _row(record)
+
+    def _forget(self, record_id: int) -> None:
+        self._index.remove(record_id)
+        self._records.pop(record_id, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def parse_id(self, raw: Any) -> int:
+        try:
+            return self.store.parse_id(raw, "videostream id")
+        except BadRequest as exc:
+            raise BadRequest(exc.message, field="id") from None
+
+
+def _parse_own(text: str, record_id: int) -> tuple[Row, int, int | None] | None:
+    """The row and span of a record file in this module's own format, else None.
+
+    Start-up runs this 100k times: one regex instead of a JSON parse and
+    per-field checks halves the time (see BENCHMARKS.md).
+    """
+    m = _OWN_RECORD.fullmatch(text)
+    if m is None:
+        return None
+    (source_text, end_text, e_day, e_hour, e_min, e_sec, e_frac, id_text, start_text,
+     s_day, s_hour, s_min, s_sec, s_frac, url) = m.groups()
+    if int(id_text) != record_id or not url.strip():
+        return None
+    start = times.canonical_us(s_day, s_hour, s_min, s_sec, s_frac)
+    if start is None:
+        return None
+    if end_text == "null":
+        end, end_text = None, None
+    else:
+        end = times.canonical_us(e_day, e_hour, e_min, e_sec, e_frac)
+        if end is None or end <= start:
+            return None
+        end_text = end_text[1:-1]
+    source = None if source_text == "null" else int(source_text)
+    if source is not None and source > MAX_SAFE_INT:
+        return None
+    return (record_id, start_text, end_text, url, source), start, end
+
+
+def _row(record: dict[str, Any]) -> Row:
+    return (record["id"], record["startTime"], record["endTime"], record["stream_url"], record["capturesource"])
+
+
+def _as_dict(row: Row) -> dict[str, Any]:
+    return {"id": row[0], "startTime": row[1], "endTime": row[2], "stream_url": row[3], "capturesource": row[4]}
+
+
+def _read_small(name: str, dir_fd: int) -> bytes:
+    """A small file's bytes with plain syscalls (this runs once per record at start-up).
+
+    The read size stays small on purpose: ``os.read`` allocates its whole
+    buffer, and a 1 MiB one per file made start-up several times slower.
+    """
+    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    try:
+        data = os.read(fd, 65536)
+        if len(data) == 65536:
+            chunks = [data]
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    finally:
+        os.close(fd)
+
+
+# -- validation ---------------------------------------------------------------
+def _render(record_id: int, start: int, end: int | None, url: str, source: int | None) -> dict[str, Any]:
+    return {"id": record_id, "startTime": times.format_us(start),
+            "endTime": None if end is None else times.format_us(end),
+            "stream_url": url, "capturesource": source}
+
+
+def _as_us(value: Any, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return times.parse_us(value, what)
+
+
+def _check_url(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest("stream_url must be a non-empty string", field="stream_url")
+    if len(value) > MAX_URL_LENGTH or _CONTROL.search(value):
+        raise BadRequest(f"stream_url must be at most {MAX_URL_LENGTH} characters without control characters",
+                         field="stream_url")
+    return value
+
+
+def _check_source(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAFE_INT:
+        raise BadRequest("capturesource must be a positive integer id below 2^53, or null", field="capturesource")
+    return value
+
+
+def _check_fields(fields: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """Checked values of the fields present (times as microseconds); refuses unknown and read-only ones."""
+    if not isinstance(fields, dict):
+        raise BadRequest("the body must be a JSON object")
+    for name in fields:
+        if name == "id":
+            raise BadRequest("id is read-only", field="id")
+        if name not in allowed:
+            raise BadRequest(f"unknown field: {name}", field=str(name))
+    out: dict[str, Any] = {}
+    if "stream_url" in fields:
+        out["stream_url"] = _check_url(fields["stream_url"])
+    if "capturesource" in fields:
+        out["capturesource"] = _check_source(fields["capturesource"])
+    for name in ("startTime", "endTime"):
+        if name in fields:
+            out[name] = None if fields[name] is None else times.parse_us(fields[name], name)
+    return out
+
+
+def _check_span(start: int, end: int | None) -> None:
+    if end is not None and end <= start:
+        raise BadRequest("endTime must be after startTime", field="endTime")
+
+
+def _parse_cursor(raw: Any) -> tuple[int, int]:
+    m = _CURSOR.match(raw) if isinstance(raw, str) else None
+    if not m:
+        raise BadRequest("malformed cursor: pass back the next cursor of the previous page", field="cursor")
+    return int(m.group(1)), int(m.group(2))

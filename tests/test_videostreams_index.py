@@ -1,0 +1,145 @@
+"""The interval index agrees with a brute-force scan; time parsing and formatting round-trip."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from storaged.errors import BadRequest
+from storaged.videostreams import times
+from storaged.videostreams.timeindex import TimeIndex
+
+HOUR = 3600 * 1_000_000
+SPAN = 60 * 24 * HOUR
+
+
+def random_entries(rng: random.Random, n: int, sources: list) -> list[tuple]:
+    entries, used = [], set()
+    for _ in range(n):
+        rid = rng.randrange(1, 2**53)
+        while rid in used:
+            rid = rng.randrange(1, 2**53)
+        used.add(rid)
+        start = rng.randrange(-HOUR, SPAN)  # a few before the epoch too
+        if rng.random() < 0.2:
+            start = rng.randrange(0, SPAN // HOUR) * HOUR  # shared starts: ties ordered by id
+        kind = rng.random()
+        if kind < 0.03:
+            end = None  # live
+        elif kind < 0.06:
+            end = start + rng.randrange(1, 40 * 24 * HOUR)  # very long
+        else:
+            end = start + rng.randrange(1, 6 * HOUR)
+        entries.append((rid, start, end, rng.choice(sources)))
+    return entries
+
+
+def brute(entries, qs, qe, source, any_source):
+    out = [(start, rid) for rid, start, end, src in entries
+           if (any_source or src == source)
+           and (qe is None or start <= qe)
+           and (qs is None or end is None or end >= qs)]
+    return sorted(out)
+
+
+def random_query(rng: random.Random, sources: list):
+    qs = rng.randrange(-2 * HOUR, SPAN + HOUR)
+    qe = qs + rng.choice([0, 1, 60_000_000, HOUR, 24 * HOUR, 10 * 24 * HOUR])
+    r = rng.random()
+    if r < 0.1:
+        qs = None
+    elif r < 0.2:
+        qe = None
+    elif r < 0.25:
+        qs = qe = None
+    any_source = rng.random() < 0.3
+    return qs, qe, None if any_source else rng.choice(sources), any_source
+
+
+def test_index_agrees_with_brute_force_on_random_records_and_queries():
+    rng = random.Random(53)
+    sources = [None] + [rng.randrange(1, 2**53) for _ in range(9)]
+    entries = random_entries(rng, 10_000, sources)
+    index = TimeIndex.build(entries[:6000])
+    for entry in entries[6000:]:  # the rest one by one, as writes do
+        index.add(*entry)
+    assert len(index) == 10_000
+    nonempty = 0
+    for _ in range(1000):
+        qs, qe, source, any_source = random_query(rng, sources)
+        expected = brute(entries, qs, qe, source, any_source)
+        got = index.query(qs, qe, source=source, any_source=any_source)
+        assert got == expected, (qs, qe, source, any_source)
+        nonempty += bool(expected)
+    assert nonempty > 500  # the queries really exercise matches
+
+
+def test_index_pages_with_cursor_equal_the_whole_answer():
+    rng = random.Random(7)
+    sources = [1, 2, 3]
+    entries = random_entries(rng, 3000, sources)
+    index = TimeIndex.build(entries)
+    for _ in range(200):
+        qs, qe, source, any_source = random_query(rng, sources)
+        whole = index.query(qs, qe, source=source, any_source=any_source)
+        limit = rng.choice([1, 3, 50])
+        walked, after = [], None
+        while True:
+            page = index.query(qs, qe, source=source, any_source=any_source, after=after, limit=limit)
+            walked += page
+            if len(page) < limit:
+                break
+            after = page[-1]
+        assert walked == whole
+
+
+def test_index_follows_updates_and_removals():
+    rng = random.Random(11)
+    sources = [None, 5, 6]
+    entries = {e[0]: e for e in random_entries(rng, 2000, sources)}
+    index = TimeIndex.build(entries.values())
+    for step in range(2000):
+        rid = rng.choice(list(entries))
+        action = rng.random()
+        if action < 0.3:
+            assert index.remove(rid)
+            del entries[rid]
+            assert not index.remove(rid)
+        else:
+            start = rng.randrange(0, SPAN)
+            end = None if action < 0.4 else start + rng.randrange(1, 3 * HOUR)
+            entries[rid] = (rid, start, end, rng.choice(sources))
+            index.add(*entries[rid])  # replaces, as a PATCH does
+        if step % 50 == 0:
+            for _ in range(20):
+                qs, qe, source, any_source = random_query(rng, sources)
+                assert index.query(qs, qe, source=source, any_source=any_source) == \
+                    brute(entries.values(), qs, qe, source, any_source)
+    assert len(index) == len(entries)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("2023-06-07T08:00:00Z", "2023-06-07T08:00:00Z"),
+    ("2023-06-07T08:00:00.00Z", "2023-06-07T08:00:00Z"),
+    ("2023-06-07T08:00:00.1z", "2023-06-07T08:00:00.100000Z"),
+    ("2023-06-07 10:00:00+02:00", "2023-06-07T08:00:00Z"),
+    ("2023-06-07T00:30:00-08:00", "2023-06-07T08:30:00Z"),
+    ("2023-06-07T08:00:00.1234567891Z", "2023-06-07T08:00:00.123456Z"),
+    ("1969-12-31T23:59:59.5Z", "1969-12-31T23:59:59.500000Z"),
+    ("0999-01-01T00:00:00Z", "0999-01-01T00:00:00Z"),
+])
+def test_rfc3339_in_utc_z_out(text, expected):
+    us = times.parse_us(text, "startTime")
+    assert times.format_us(us) == expected
+    assert times.parse_us(expected, "startTime") == us
+    assert times.parse_canonical(expected) == us
+
+
+@pytest.mark.parametrize("text", ["2023-06-07", "2023-06-07T08:00:00", "2023-06-07T08:00Z", "2023-13-01T00:00:00Z",
+                                  "2023-06-07T24:00:00Z", "2023-06-07T08:00:00+25:00", "2023-06-07T08:00:00 02:00",
+                                  " 2023-06-07T08:00:00Z", "", "now"])
+def test_malformed_times_name_the_field(text):
+    with pytest.raises(BadRequest) as err:
+        times.parse_us(text, "endTime")
+    assert "endTime" in err.value.message and err.value.extra["field"] == "endTime"
