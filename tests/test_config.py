@@ -16,7 +16,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def test_every_setting_is_documented_in_the_readme():
     text = README.read_text()
-    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", text, re.M))
+    table = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M))
     missing = [f.name for f in dataclasses.fields(cfg.Config) if f.name not in documented]
     assert not missing, f"settings missing from the README's settings table: {missing}"
     unknown = documented - {f.name for f in dataclasses.fields(cfg.Config)}
