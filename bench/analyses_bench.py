@@ -366,7 +366,7 @@ def render(args, res: dict, elapsed: float) -> str:
     cmd = ".venv/bin/python bench/analyses_bench.py" + flags
     reduced = args.video_seconds < 3600 or args.jobs < 30 or args.rounds < 5
     out = [f"Command: `{cmd}` (took {elapsed:.0f} s).  "
-           + (f"**Reduced scale** (see the flags), because the machine is shared right now; the full-scale "
+           + ("**Reduced scale** (see the flags), because the machine is shared right now; the full-scale "
               "command is `.venv/bin/python bench/analyses_bench.py`." if reduced else "Full scale."),
            "",
            f"Machine: {machine_note()}.  Other agents were running tests and benches at the same time, so "

@@ -282,11 +282,11 @@ async def test_event_queries_by_session_race_type_and_time_range(client):
     assert await ids(f"/events?session={s1}&type=lap&race={race_a}") == [e["lap_a"]]
     # Overlap: the crash (20..35) touches 30..40 though it starts before it; a point event needs to be inside.
     assert await ids(f"/events?session={s1}&from=30&to=40") == [e["crash_a"]]
-    assert await ids(f"/events?from=35&to=35") == [e["crash_a"]]  # closed interval at the crash's end
+    assert await ids("/events?from=35&to=35") == [e["crash_a"]]  # closed interval at the crash's end
     assert await ids(f"/events?session={s1}&from=72") == [e["boost_b"]]
     assert await ids(f"/events?session={s1}&to=10") == [e["lap_a"]]
     assert await ids(f"/events?session={s1}&from=36&to=44.9") == []
-    assert await ids(f"/events?type=crash&from=0&to=100") == [e["crash_a"]]
+    assert await ids("/events?type=crash&from=0&to=100") == [e["crash_a"]]
     assert await ids("/events?session=999") == []
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import aiohttp
@@ -191,23 +190,9 @@ async def test_deleting_a_session_removes_its_split_jobs(client, video_90s, data
         assert (await client.get(f"/races/{rid}")).status == 404
 
 
-class _Daemon(Daemon):
-    """tests.helpers.Daemon, accepting the HTTP/1.0 status line aiohttp answers an HTTP/1.0 probe with."""
-
-    def _healthy(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
-                return s.recv(64).split(b" ")[1:2] == [b"200"]
-        except OSError:
-            return False
-
-
 @pytest.fixture
 def own_daemon(data_dir):
-    d = _Daemon(data_dir)
+    d = Daemon(data_dir)
     yield d
     d.stop()
 
