@@ -23,6 +23,11 @@ def job_dir(request: web.Request, file_id: str, analysis_id: str) -> Path:
     return request.app[LAYOUT].object_dir(file_id) / "analysis" / analysis_id
 
 
+def job_key(request: web.Request, file_id: str, analysis_id: str) -> str:
+    """The job directory as a string, for the hot status-poll path (ids already validated)."""
+    return f"{request.app[LAYOUT].root}/{file_id[:2]}/{file_id[2:]}/analysis/{analysis_id}"
+
+
 async def read_json_body(request: web.Request) -> dict:
     try:
         body = await request.json()
@@ -105,7 +110,7 @@ async def results(request: web.Request) -> web.Response:
     """202 while queued/running, 200 with results, 500 when failed."""
     file_id, aid = _ids(request)
     try:
-        state = await request.app[JOBS].state(job_dir(request, file_id, aid))
+        state = await request.app[JOBS].state(job_key(request, file_id, aid))
     except NotFound:
         raise NotFound("analysis not found") from None
     status, body = state_body(file_id, aid, state)

@@ -161,7 +161,7 @@ class JobRunner:
         self._wake.set()
         return await self.state(job_dir)
 
-    async def state(self, job_dir: Path) -> JobState:
+    async def state(self, job_dir: Path | str) -> JobState:
         """The job's state.  Finished states are cached, checked by one stat of results.json.
 
         Status polls are the daemon's most frequent request; a finished job's
