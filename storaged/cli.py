@@ -19,7 +19,7 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 async def serve(config: config_mod.Config) -> None:
-    from storaged.api.keys import INFLIGHT
+    from storaged.api.keys import INFLIGHT, JOBS
     from storaged.app import create_app
 
     app = create_app(config)
@@ -41,7 +41,9 @@ async def serve(config: config_mod.Config) -> None:
         log.info("storaged %s serving %s on http://%s:%d", __version__, config.data_dir.absolute(),
                  config.host, config.port)
         sdnotify.notify("READY=1\nSTATUS=serving")
+        warm_up = asyncio.create_task(app[JOBS].warm_up(), name="jobs-warm-up")
         await stop.wait()
+        await warm_up
         sdnotify.notify("STOPPING=1")
         inflight = app[INFLIGHT]
         log.info("shutting down: %d request(s) in flight get %.0fs", inflight.count, config.shutdown_timeout)

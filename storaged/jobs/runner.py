@@ -101,14 +101,26 @@ class JobRunner:
         if self._zygote is not None:
             await asyncio.to_thread(self._stop_zygote)
 
+    async def warm_up(self) -> None:
+        """Start the zygote now rather than on the first job (the daemon calls this once it serves)."""
+        if self.use_zygote:
+            async with self._lock:
+                try:
+                    await asyncio.to_thread(self._ensure_zygote)
+                except OSError as exc:
+                    log.warning("job zygote unavailable (%s); jobs will start the slow way", exc)
+
+    def _ensure_zygote(self) -> None:
+        if self._zygote is None or self._zygote.poll() is not None:
+            self._start_zygote()
+
     # -- the zygote: a pre-imported parent that forks workers in a millisecond ----
     def _zygote_spawn(self, job_dir: Path) -> int | None:
         """Fork a worker from the zygote (started on first use); None when it is not available."""
         if not self.use_zygote:
             return None
         try:
-            if self._zygote is None or self._zygote.poll() is not None:
-                self._start_zygote()
+            self._ensure_zygote()
             assert self._zygote is not None and self._zygote.stdin and self._zygote.stdout
             self._zygote.stdin.write(f"{job_dir}\n".encode())
             self._zygote.stdin.flush()
