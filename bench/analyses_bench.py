@@ -159,13 +159,13 @@ async def bench_polls(ctx: dict, args, procs: Processes) -> dict:
         return await run_aiohttp_load(url, clients, args.poll_seconds)
 
     try:
-        for variant, extra in (("access log on (default)", ()), ("--no-access-log", ("--no-access-log",))):
+        for variant, extra in (("default", ()), ("--access-log", ("--access-log",))):
             daemon, url = start_daemon(procs, ctx["data"], ctx["work"] / "daemon.log", *extra)
             try:
                 status_url = f"{url}/results/{ctx['file_id']}/{ctx['done_aid']}"
                 for clients in clients_list:
                     targets = [("storaged", status_url)]
-                    if variant == "access log on (default)":  # the hello server is the same in both variants
+                    if variant == "default":  # the hello server is the same in both variants
                         targets += [("hello", hello_url), ("thread", base + "/thread"), ("state", base + "/state"),
                                     ("inline", base + "/state-inline")]
                     for who, target in targets:
@@ -381,17 +381,17 @@ def render(args, res: dict, elapsed: float) -> str:
                 f"hello-world handler (`analyses_bench.py --hello-server`, its own process, `json_response`, no "
                 f"access log), both loaded by {p['tool']} for {p['seconds']:g} s per row "
                 f"({'2 threads' if p['tool'] == 'wrk' else 'one process'}; N keep-alive connections).  The daemon "
-                "runs with its default access log (to a file) and, for comparison, with `--no-access-log`.",
+                "runs with its default settings (no access log) and, for comparison, with `--access-log` (to a file).",
                 "",
-                "| connections | storaged req/s (access log on) | storaged req/s (`--no-access-log`) | hello-world "
-                "req/s | ratio, default settings (goal ≥ 0.5×) | ratio, no access log | p50 / p99 latency "
+                "| connections | storaged req/s (default) | storaged req/s (`--access-log`) | hello-world "
+                "req/s | ratio, default settings (goal ≥ 0.5×) | ratio, access log on | p50 / p99 latency "
                 "storaged vs hello |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         rows = p["rows"]
         for c in p["clients"]:
-            on = rows[("access log on (default)", "storaged", c)]
-            off = rows[("--no-access-log", "storaged", c)]
-            hello = rows[("access log on (default)", "hello", c)]
+            on = rows[("default", "storaged", c)]
+            off = rows[("--access-log", "storaged", c)]
+            hello = rows[("default", "hello", c)]
             r_on, r_off = on["rps"] / hello["rps"], off["rps"] / hello["rps"]
             out.append(f"| {c} | {on['rps']:.0f} | {off['rps']:.0f} | {hello['rps']:.0f} | **{r_on:.2f}×** "
                        f"({'meets' if r_on >= 0.5 else '**misses**'}) | {r_off:.2f}× | {ms(on['p50'])} / "
@@ -402,15 +402,15 @@ def render(args, res: dict, elapsed: float) -> str:
                 "",
                 "| connections | hello-world | + one `asyncio.to_thread` hop | + `read_state` of the same job in "
                 "that thread (the poll's own work) | the same `read_state` on the event loop, no thread | storaged "
-                "(`--no-access-log`) |",
+                "(default) |",
                 "| --- | --- | --- | --- | --- | --- |"]
         for c in p["clients"]:
             out.append(f"| {c} | " + " | ".join(
-                f"{rows[key]['rps']:.0f}" for key in (("access log on (default)", "hello", c),
-                                                       ("access log on (default)", "thread", c),
-                                                       ("access log on (default)", "state", c),
-                                                       ("access log on (default)", "inline", c),
-                                                       ("--no-access-log", "storaged", c))) + " |")
+                f"{rows[key]['rps']:.0f}" for key in (("default", "hello", c),
+                                                       ("default", "thread", c),
+                                                       ("default", "state", c),
+                                                       ("default", "inline", c),
+                                                       ("default", "storaged", c))) + " |")
         out.append("")
     if "latency" in res:
         lat = res["latency"]

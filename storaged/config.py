@@ -37,7 +37,8 @@ class Config:
     port: int = _setting(8064, "TCP port to listen on.")
     data_dir: Path = _setting(Path("./data"), "The data root: every object, record and job lives under it.")
     log_level: str = _setting("INFO", "Logging level (DEBUG, INFO, WARNING, ERROR).")
-    access_log: bool = _setting(True, "Log one line per HTTP request.")
+    access_log: bool = _setting(False, "Log one line per HTTP request (off by default: status polls would flood "
+                                       "the journal and halve poll throughput; /metrics counts requests by route).")
     token: str = _setting("", "Access token. When set, every route but /healthz needs "
                           "`Authorization: Bearer <token>` or HTTP Basic with the token as password.")
     max_upload_size: int = _setting(64 * 1024**3, "Largest accepted upload in bytes; larger ones get 413 while streaming.",

@@ -43,8 +43,8 @@ def test_precedence_defaults_ini_env_flags(tmp_path):
     assert (conf.port, conf.host, conf.max_upload_size) == (9001, "0.0.0.0", 2 * 1024**3)
     conf = cfg.load(parse(["--config", str(ini)]), env={"STORAGED_PORT": "9002", "STORAGED_TOKEN": "env"})
     assert (conf.port, conf.token, conf.host) == (9002, "env", "0.0.0.0")
-    conf = cfg.load(parse(["--config", str(ini), "--port", "9003", "--no-access-log"]), env={"STORAGED_PORT": "9002"})
-    assert conf.port == 9003 and conf.access_log is False
+    conf = cfg.load(parse(["--config", str(ini), "--port", "9003", "--access-log"]), env={"STORAGED_PORT": "9002"})
+    assert conf.port == 9003 and conf.access_log is True
     conf = cfg.load(parse([]), env={"STORAGED_CONFIG": str(ini)})
     assert conf.port == 9001
 

@@ -107,15 +107,22 @@ class Metrics:
         self.latency = Histogram("storaged_http_request_duration_seconds",
                                  "Time to a response (headers ready) by method and route template.",
                                  ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.usage: Usage | None = None
         self.disk: tuple[int, int] | None = None
         self.live = live
         self.registry.register(_StateCollector(self))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        # Labelled children are looked up once per (method, route, status): labels() costs more than inc().
+        label = method if method in METHODS else "other"
+        key = (label, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(label, route, str(status)),
+                                              self.latency.labels(label, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
