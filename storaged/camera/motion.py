@@ -346,7 +346,7 @@ class CameraSupervisor:
             stderr=asyncio.subprocess.PIPE)
         self.started_at = time.time()
         tail: collections.deque[str] = collections.deque(maxlen=ff.STDERR_TAIL_LINES)
-        stderr_task = asyncio.create_task(ff._drain(proc.stderr, tail), name=f"camera-{self.spec.number}-stderr")
+        stderr_task = asyncio.create_task(ff.drain_lines(proc.stderr, tail), name=f"camera-{self.spec.number}-stderr")
         splitter = JpegSplitter()
         first_in_run = True
         try:

@@ -56,7 +56,7 @@ def base_args() -> list[str]:
     return [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
 
 
-async def _drain(stream: asyncio.StreamReader, keep: collections.deque, on_line=None) -> None:
+async def drain_lines(stream: asyncio.StreamReader, keep: collections.deque, on_line=None) -> None:
     while True:
         line = await stream.readline()
         if not line:
@@ -121,8 +121,8 @@ async def run(argv: Sequence[str], *, duration: float | None = None,
         elif key == "progress" and value == "end" and on_progress is not None:
             on_progress(1.0)
 
-    readers = asyncio.gather(_drain(proc.stdout, collections.deque(maxlen=1), progress_line),
-                             _drain(proc.stderr, tail))
+    readers = asyncio.gather(drain_lines(proc.stdout, collections.deque(maxlen=1), progress_line),
+                             drain_lines(proc.stderr, tail))
     try:
         await asyncio.wait_for(asyncio.shield(readers), timeout)
         code = await proc.wait()
