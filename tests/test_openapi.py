@@ -27,3 +27,41 @@ async def test_described_operations_exist(client):
 async def test_docs_page(client):
     resp = await client.get("/docs")
     assert resp.status == 200 and "/openapi.json" in await resp.text()
+
+
+# Writes whose input is all in the path (or the query string).
+BODILESS = {"PUT /upload/{file_id}/pin", "POST /streams/{id}/start", "POST /streams/{id}/stop"}
+
+
+async def test_every_operation_lists_its_answers_and_bodies(client):
+    """Fuzzing needs the facts: documented statuses (no catch-all), request bodies and query parameters."""
+    keys = openapi.route_keys(client.app)
+    undescribed = sorted(keys - set(openapi.OPERATIONS))
+    assert not undescribed, f"routes without facts in OPERATIONS: {undescribed}"
+    spec = await (await client.get("/openapi.json")).json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "default" not in op["responses"], f"{method} {path}: a catch-all response documents nothing"
+            assert all(code.isdigit() for code in op["responses"]), (method, path)
+            key = f"{method.upper()} {path}"
+            if method in ("post", "put", "patch") and key not in BODILESS:
+                assert "requestBody" in op, \
+                    f"{method.upper()} {path}: no request body documented"
+
+
+async def test_a_token_adds_401_everywhere_but_healthz(make_client):
+    client = await make_client(token="s3cret")
+    resp = await client.get("/openapi.json", headers={"Authorization": "Bearer s3cret"})
+    spec = await resp.json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert ("401" in op["responses"]) == (path != "/healthz"), (method, path)
+
+
+def test_describe_refines_an_operation():
+    before = dict(openapi.OPERATIONS["GET /metrics"])
+    try:
+        openapi.describe("GET /metrics", responses={"200": "Prometheus text format", "503": "not ready"})
+        assert openapi.OPERATIONS["GET /metrics"]["responses"]["503"] == "not ready"
+    finally:
+        openapi.OPERATIONS["GET /metrics"] = before

@@ -133,7 +133,7 @@ async def download_output(request: web.Request) -> web.StreamResponse:
     """A file an analysis produced (Range)."""
     file_id, aid = _ids(request)
     name = request.match_info["name"]
-    if "/" in name or "\x00" in name or name.startswith(".") or name in PRIVATE_FILES:
+    if "/" in name or "\x00" in name or name.startswith(".") or name in PRIVATE_FILES or len(name) > 255:
         raise NotFound("no such output")
     path = job_dir(request, file_id, aid) / name
     if not await asyncio.to_thread(path.is_file):

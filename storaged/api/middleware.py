@@ -10,6 +10,7 @@ import logging
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from storaged.errors import StoragedError
 
@@ -55,6 +56,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = error_response(exc.status, exc.reason)
         resp.headers.update(headers)
         return resp
+    except HttpProcessingError as exc:
+        # A body aiohttp cannot parse (e.g. a multipart part with an invalid header line) is the
+        # client's error, not ours.
+        if not 400 <= (exc.code or 0) < 500:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal error")
+        return error_response(exc.code, f"malformed request body: {exc.message}")
     except (ConnectionResetError, OSError) as exc:
         if isinstance(exc, ConnectionResetError) or request.transport is None or request.transport.is_closing():
             raise

@@ -7,7 +7,9 @@ then a queue entry ``<data>/jobs/queue/<time_ns>-<random>.json`` naming the
 job directory (relative to the data root); entries sort in FIFO order.  An
 entry is removed only after the job's ``results.json`` exists (or the job was
 cancelled), so a crash at any instant leaves either a queued job or a
-finished one, never a lost one.
+finished one, never a lost one.  A crash (or an I/O error) between the two
+writes leaves a ``config.json`` without an entry: that submit was never
+acknowledged, and the next submit of the same job adds the missing entry.
 
 *Starting.*  While fewer than ``job_concurrency`` workers run, the oldest
 queued job is started: forked from the zygote (storaged.jobs.zygote, a
@@ -162,6 +164,13 @@ class JobRunner:
         async with self._lock:
             state = await asyncio.to_thread(read_state, job_dir)
             if state is not None:
+                if state.status == "queued" and not await asyncio.to_thread(self._has_entry, job_dir):
+                    # config.json was written but its queue entry was not (an I/O error or a crash
+                    # between the two): that request was never acknowledged, and nothing would ever
+                    # start the job.  Enqueue it now.
+                    await asyncio.to_thread(self._enqueue, job_dir, state.config, False)
+                    self._wake.set()
+                    return await self.state(job_dir)
                 if not (retry and state.status in ("failed", "cancelled")):
                     return state
                 await self._settle(job_dir)
@@ -273,6 +282,10 @@ class JobRunner:
                 continue
             out.append((entry, job_dir))
         return out
+
+    def _has_entry(self, job_dir: Path) -> bool:
+        job_dir = job_dir.resolve()
+        return any(target == job_dir for _, target in self._entries())
 
     def _drop_entries(self, job_dir: Path) -> None:
         job_dir = job_dir.resolve()

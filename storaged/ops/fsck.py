@@ -9,7 +9,9 @@ any file); every job directory (a directory with ``config.json``) is read
 like the runner reads it: an ``inrun.pid`` naming no live process is stale,
 a finished job whose results link to outputs that are not there is damaged;
 every queue entry must name a job that still waits or runs; temp files
-(``*.tmp``) anywhere are strays once older than a minute, entries of
+(``*.tmp``) anywhere are strays once older than a minute and than
+``temp_max_age`` (a SIGKILL leaves the temp of the write it interrupted beside
+its file; until that age it cannot be told from a write in flight), entries of
 ``<data>/tmp`` once older than ``temp_max_age``.
 
 *Live daemon.*  fsck takes no lock for reading: objects are immutable and
@@ -258,7 +260,7 @@ class Fsck:
 
     def _maybe_stray(self, path: Path, now: float) -> None:
         age = _age(path, now)
-        if age is not None and age > TEMP_GRACE:
+        if age is not None and age > max(TEMP_GRACE, self.config.temp_max_age):
             self._stray(path, f"stray temp file, {age:.0f}s old")
 
     def _stray(self, path: Path, detail: str) -> None:
