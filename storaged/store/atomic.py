@@ -21,11 +21,15 @@ age, reported by ``fsck``); never a partial file under a final name.
 critical section creates a *new* lock object: a shared ``filelock`` instance
 is re-entrant and would exclude nothing between coroutines of one process.
 Waiting happens in a worker thread (``run_in_executor``), never on the event
-loop.  Writers of the same thing wait for each other; readers never wait.
+loop, and coroutines of one process first queue in FIFO order on an
+in-process lock per path (``PathLock``), so they do not starve each other
+polling the file.  Writers of the same thing wait for each other; readers
+never wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -107,10 +111,60 @@ def unlink_quiet(path: Path) -> None:
         pass
 
 
-def async_lock(path: Path, timeout: float = -1) -> AsyncFileLock:
-    """A fresh async lock object on ``path`` (its directory is created)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return AsyncFileLock(str(path), timeout=timeout, preserve_lock_file=True)
+class PathLock:
+    """An in-process FIFO queue in front of a file lock on ``path``.
+
+    ``filelock`` waits by polling (every 50 ms) with no queue, so many
+    coroutines of one process contending for one lock starve each other under
+    load.  Here they first queue on an ``asyncio.Lock`` per (event loop, path),
+    so at most one coroutine per process polls the file lock, which other
+    processes (a second daemon, ``storaged fsck``) still respect.
+    """
+
+    _local: dict[tuple[int, str], list] = {}  # (id(loop), path) -> [asyncio.Lock, users]
+
+    def __init__(self, path: Path, timeout: float = -1) -> None:
+        self.path = str(path)
+        self.timeout = timeout
+        self._key: tuple[int, str] | None = None
+        self._file: AsyncFileLock | None = None
+
+    async def __aenter__(self) -> "PathLock":
+        key = (id(asyncio.get_running_loop()), self.path)
+        entry = self._local.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        self._key = key
+        try:
+            await entry[0].acquire()
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                self._file = AsyncFileLock(self.path, timeout=self.timeout, preserve_lock_file=True)
+                await self._file.acquire()
+            except BaseException:
+                entry[0].release()
+                raise
+        except BaseException:
+            self._leave(entry)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        entry = self._local[self._key]
+        try:
+            await self._file.release()
+        finally:
+            entry[0].release()
+            self._leave(entry)
+
+    def _leave(self, entry: list) -> None:
+        entry[1] -= 1
+        if entry[1] == 0:
+            self._local.pop(self._key, None)
+
+
+def async_lock(path: Path, timeout: float = -1) -> PathLock:
+    """A fresh async lock on ``path``: in-process FIFO first, then the file lock."""
+    return PathLock(path, timeout)
 
 
 def sync_lock(path: Path, timeout: float = -1) -> FileLock:

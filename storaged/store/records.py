@@ -5,9 +5,12 @@ Protocol
 A record of kind K with id I is the file ``<data>/<K>/<I>.json``.
 
 *Create.*  A new id is taken under the kind's lock ``locks/<K>/.create.lock``
-(sequential ids read ``<data>/<K>/.next_id``; random ids are drawn and checked
-for a clash), then the record is written atomically (temp + fsync + rename +
-fsync of the directory) before the id is answered.
+(sequential ids read the hint ``<data>/<K>/.next_id`` and skip ids whose file
+exists; random ids are drawn and checked for a clash), then the record is
+written atomically (temp + fsync + rename + fsync of the directory) before
+the id is answered.  The hint is replaced atomically but not fsynced: losing
+its last update in a crash can only make an id of a record deleted since
+then come back, never two records share an id.
 
 *Update and delete.*  Read-modify-write under the record's own lock
 ``locks/<K>/<I>.lock``; the new content replaces the old by rename.  Delete
@@ -86,7 +89,9 @@ class RecordStore:
                 next_id = 1 + max(self._ids_on_disk(), default=0)
             while self.path(next_id).exists():
                 next_id += 1
-            write_json(counter, next_id + 1)
+            # The counter is a hint, not a promise: not fsynced (the record below is).  After a
+            # crash that loses it, the records on disk (skipped above) still keep ids unique.
+            write_json(counter, next_id + 1, durable=False)
             record_id = next_id
         else:
             while True:
