@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import signal
 import sys
@@ -23,6 +24,8 @@ async def serve(config: config_mod.Config) -> None:
     from storaged.app import create_app
 
     app = create_app(config)
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="storaged-io"))
     runner = web.AppRunner(
         app,
         access_log=logging.getLogger("storaged.access") if config.access_log else None,

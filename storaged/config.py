@@ -47,6 +47,8 @@ class Config:
                                       "size")
     temp_max_age: float = _setting(3600.0, "Temp files older than this (seconds) are swept at start-up.", "duration")
     shutdown_timeout: float = _setting(20.0, "Seconds in-flight requests get to finish on SIGTERM.", "duration")
+    io_threads: int = _setting(32, "Threads for blocking file work (fsync, reads, directory walks, lock waits). "
+                               "Mostly waiting on the disk, so many more than cores.")
     list_page_size: int = _setting(100, "Default page size of list endpoints (`limit` overrides, up to 1000).")
     # --- analyses (jobs) --------------------------------------------------
     job_concurrency: int = _setting(os.cpu_count() or 1, "Jobs (analyses, splits, clips, exports) that run at once; "

@@ -6,9 +6,10 @@ A record of kind K with id I is the file ``<data>/<K>/<I>.json``.
 
 *Create.*  A new id is taken under the kind's lock ``locks/<K>/.create.lock``
 (sequential ids read the hint ``<data>/<K>/.next_id`` and skip ids whose file
-exists; random ids are drawn and checked for a clash), then the record is
-written atomically (temp + fsync + rename + fsync of the directory) before
-the id is answered.  The hint is replaced atomically but not fsynced: losing
+exists or that this process is still writing; random ids are drawn and
+checked the same way); then, outside that lock, the record is written
+atomically (temp + fsync + rename + fsync of the directory) before the id is
+answered.  The hint is replaced atomically but not fsynced: losing
 its last update in a crash can only make an id of a record deleted since
 then come back, never two records share an id.
 
@@ -51,6 +52,7 @@ class RecordStore:
         self.kind = kind
         self.ids = ids
         self.dir = layout.root / kind
+        self._pending: set[int] = set()  # ids handed out whose record is being written
 
     # -- ids ---------------------------------------------------------------
     def parse_id(self, raw: Any, what: str = "id") -> int:
@@ -77,9 +79,18 @@ class RecordStore:
     async def create(self, data: dict[str, Any]) -> dict[str, Any]:
         """Write a new record; ``data`` gets its ``id``.  Answers the stored record."""
         async with self.lock(".create"):
-            return await asyncio.to_thread(self._create_blocking, dict(data))
+            record_id = await asyncio.to_thread(self._allocate_blocking)
+        # The write (two fsyncs) happens outside the kind's lock: concurrent creates then share the
+        # filesystem's journal commits instead of queueing one commit each behind the lock.
+        record = {"id": record_id, **{k: v for k, v in data.items() if k != "id"}}
+        try:
+            await asyncio.to_thread(self._put_blocking, record)
+        finally:
+            self._pending.discard(record_id)
+        return record
 
-    def _create_blocking(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _allocate_blocking(self) -> int:
+        """A fresh id (the kind's create lock is held).  Blocking."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.ids == "sequence":
             counter = self.dir / ".next_id"
@@ -87,20 +98,19 @@ class RecordStore:
                 next_id = int(counter.read_text())
             except (FileNotFoundError, ValueError):
                 next_id = 1 + max(self._ids_on_disk(), default=0)
-            while self.path(next_id).exists():
+            while self.path(next_id).exists() or next_id in self._pending:
                 next_id += 1
-            # The counter is a hint, not a promise: not fsynced (the record below is).  After a
-            # crash that loses it, the records on disk (skipped above) still keep ids unique.
+            # The counter is a hint, not a promise: not fsynced (the record is).  After a crash
+            # that loses it, the records on disk (skipped above) still keep ids unique.
             write_json(counter, next_id + 1, durable=False)
             record_id = next_id
         else:
             while True:
                 record_id = secrets.randbelow(MAX_SAFE_INT - 2**40) + 2**40
-                if not self.path(record_id).exists():
+                if not self.path(record_id).exists() and record_id not in self._pending:
                     break
-        record = {"id": record_id, **{k: v for k, v in data.items() if k != "id"}}
-        write_json(self.path(record_id), record)
-        return record
+        self._pending.add(record_id)
+        return record_id
 
     def _ids_on_disk(self) -> list[int]:
         try:
