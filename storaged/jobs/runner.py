@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from storaged.errors import NotFound
-from storaged.jobs.state import CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState, read_state
+from storaged.jobs.state import (CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState,
+                                  log_tail, read_state)
 from storaged.procs import ProcessIdentity, terminate_group, write_pidfile
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
@@ -309,7 +310,7 @@ class JobRunner:
 
     def _finish_dead(self, job_dir: Path, entry: Path) -> None:
         if not (job_dir / RESULTS).exists() and (job_dir / CONFIG).exists():
-            tail = _log_tail(job_dir / WORKER_LOG)
+            tail = log_tail(job_dir / WORKER_LOG)
             write_json(job_dir / RESULTS, {"status": "failed", "error_message": INTERRUPTED, "stderr": tail})
         unlink_quiet(job_dir / PIDFILE)
         unlink_quiet(entry)
@@ -403,13 +404,4 @@ def _stamped_state(job_dir: Path) -> tuple[int | None, JobState | None]:
         stamp = None
     return stamp, read_state(job_dir)
 
-
-def _log_tail(path: Path, lines: int = 20) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
-    except FileNotFoundError:
-        return []
 

@@ -20,6 +20,7 @@ The state is derived like this, and nothing else is consulted:
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,14 @@ def _read_results(job_dir: Path) -> dict[str, Any] | None:
     except ValueError:
         return {"status": "failed", "error_message": "results.json is unreadable"}
     return data if isinstance(data, dict) else {"status": "done", "result": data}
+
+
+def log_tail(path: Path, lines: int = 20) -> list[str]:
+    """The last lines of a worker's log, for the error report of a job that died without results."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return []

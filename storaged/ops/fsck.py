@@ -48,7 +48,7 @@ from typing import Any, Iterator, TextIO
 from filelock import Timeout
 
 from storaged.config import Config
-from storaged.jobs.state import CONFIG, FINAL, INTERRUPTED, PIDFILE, RESULTS, WORKER_LOG
+from storaged.jobs.state import CONFIG, FINAL, INTERRUPTED, PIDFILE, RESULTS, WORKER_LOG, log_tail
 from storaged.ops.janitor import human
 from storaged.ops.kinds import queue_entries
 from storaged.procs import read_pidfile
@@ -322,7 +322,7 @@ class Fsck:
         if self.repair:
             if not has_results:
                 write_json(job_dir / RESULTS, {"status": "failed", "error_message": INTERRUPTED,
-                                               "stderr": _log_tail(job_dir / WORKER_LOG)})
+                                               "stderr": log_tail(job_dir / WORKER_LOG)})
             unlink_quiet(pidfile)
             resolved = job_dir.resolve()
             for entry, target in queue_entries(self.layout):
@@ -418,12 +418,3 @@ def _unquote(name: str) -> str:
 
     return unquote(name)
 
-
-def _log_tail(path: Path, lines: int = 20) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 8192))
-            return fh.read().decode("utf-8", "replace").splitlines()[-lines:]
-    except FileNotFoundError:
-        return []
