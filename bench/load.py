@@ -202,7 +202,7 @@ def main() -> int:
                          "-tune", "zerolatency", "-pix_fmt", "yuv420p", "-g", "25", "-f", "mpegts",
                          f"udp://127.0.0.1:{port}?pkt_size=1316"])
             _, url = start_daemon(procs, tmp / "data", tmp / "daemon.log", "--no-access-log",
-                                  "--stream-segment-time", "1", "--janitor-interval", "0", "--min-free", "0")
+                                  "--stream-segment-time", "2", "--janitor-interval", "0", "--min-free", "0")
             lat, errors, jobs, elapsed, status = asyncio.run(
                 run(url, f"udp://127.0.0.1:{port}", args.seconds, args.connections))
         finally:

@@ -15,7 +15,7 @@ from storaged.procs import read_pidfile
 from tests.helpers import duration_of, ffprobe, json_of, wait_until
 from tests.live_source import LiveSource, free_udp_port, kill_processes_under, processes_under
 
-FAST = dict(stream_segment_time=1.0, stream_start_timeout=20.0, stream_io_timeout=2.0,
+FAST = dict(stream_segment_time=2.0, stream_start_timeout=20.0, stream_io_timeout=2.0,
             stream_stall_timeout=10.0, stream_restart_max_backoff=2.0, stream_clip_wait=0.5)
 
 
@@ -269,7 +269,7 @@ async def test_source_killed_and_back_resumes_recording_and_reports_the_gap(fast
 
 async def test_daemon_killed_while_recording_comes_back_and_keeps_recording(daemon, live, tmp_path, data_dir):
     src = live()
-    d = daemon("--stream-segment-time", "1", "--stream-io-timeout", "2", "--stream-clip-wait", "0.5")
+    d = daemon("--stream-segment-time", "2", "--stream-io-timeout", "2", "--stream-clip-wait", "0.5")
     async with aiohttp.ClientSession(d.url) as client:
         sid = await create(client, src.url)
         assert (await call(client, "POST", f"/streams/{sid}/start"))[0] == 200
@@ -302,3 +302,22 @@ async def test_daemon_killed_while_recording_comes_back_and_keeps_recording(daem
         return not strays()
 
     await wait_until(none_left, timeout=30, what=f"no stray processes (left: {strays()})")
+
+
+def test_a_segment_name_listed_twice_keeps_only_its_last_entry():
+    # ffmpeg reopened (truncated) the file for the later segment: the earlier entry's bytes are gone.
+    from storaged.recording.index import parse_list
+
+    text = ("r000001-20261123T202101Z.ts,8.520000,9.520000\n"
+            "r000001-20261123T202101Z.ts,9.520000,10.520000\n"
+            "r000001-20261123T202103Z.ts,10.520000,10.600000\n")
+    assert [(name[-10:], start) for name, start, _ in parse_list(text)] == [("T202101Z.ts", 9.52),
+                                                                          ("T202103Z.ts", 10.52)]
+
+
+def test_segment_time_below_two_seconds_is_refused(config):
+    from storaged.app import create_app
+    from storaged.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stream_segment_time"):
+        create_app(config.replace(stream_segment_time=1.0))

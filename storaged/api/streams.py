@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
+from storaged.config import ConfigError
 from storaged.errors import BadRequest
 from storaged.recording.clips import ClipService
 from storaged.recording.supervisor import StreamService
@@ -16,6 +17,13 @@ from storaged.recording.supervisor import StreamService
 STREAMS = web.AppKey("streams", StreamService)
 CLIPS = web.AppKey("stream_clips", ClipService)
 routes = web.RouteTableDef()
+
+
+# ffmpeg names a segment by strftime of a coarse clock read just after the cut, so two cuts less than a
+# second apart could get the same name (and the second would overwrite the first).  Cuts come at the first
+# keyframe after each wall-clock multiple of the segment time, so with 2 s or more they fall in different
+# seconds unless the source's keyframe interval exceeds segment time - 1 s.
+MIN_SEGMENT_TIME = 2.0
 
 
 def setup(app: web.Application) -> None:
@@ -30,6 +38,9 @@ def setup(app: web.Application) -> None:
         return app.get(VIDEOSTREAMS)
 
     config = app[CONFIG]
+    if config.stream_segment_time < MIN_SEGMENT_TIME:
+        raise ConfigError(f"stream_segment_time must be at least {MIN_SEGMENT_TIME:g} s: segment names carry "
+                          "their start second, and shorter segments could share a name")
     app[STREAMS] = StreamService(app[LAYOUT], config, catalogue)
     app[CLIPS] = ClipService(app[STREAMS], app[OBJECTS], config.stream_clip_wait)
     app.cleanup_ctx.append(_streams_ctx)

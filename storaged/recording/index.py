@@ -93,7 +93,10 @@ def parse_list(text: str) -> list[tuple[str, float, float]]:
             continue
         if NAME_RE.match(row[0]) and end >= start:
             out.append((row[0], start, end))
-    return out
+    # A name listed twice means ffmpeg reopened (truncated) that file for a later segment: the earlier
+    # entry's bytes are gone, so only the last entry of a name describes what is on disk.
+    last = {name: i for i, (name, _, _) in enumerate(out)}
+    return [entry for i, entry in enumerate(out) if last[entry[0]] == i]
 
 
 def map_run(run: int, entries: list[tuple[str, float, float]], sizes: dict[str, int]) -> list[Segment]:

@@ -43,7 +43,7 @@ from tests.live_source import LiveSource, kill_processes_under, processes_under
 
 LOOPS = int(os.environ.get("STORAGED_CRASH_LOOPS", "30"))
 SEED = int(os.environ.get("STORAGED_CRASH_SEED", "20240607"))
-DAEMON_ARGS = ("--stream-segment-time", "1", "--stream-io-timeout", "3", "--stream-start-timeout", "20",
+DAEMON_ARGS = ("--stream-segment-time", "2", "--stream-io-timeout", "3", "--stream-start-timeout", "20",
                "--stream-clip-wait", "0.3", "--job-concurrency", "2", "--min-free", "0",
                "--janitor-interval", "0", "--metrics-interval", "1h")
 MISSING = object()  # the record must not exist (never created, or deletion acknowledged)
