@@ -311,7 +311,7 @@ def test_a_segment_name_listed_twice_keeps_only_its_last_entry():
     text = ("r000001-20261123T202101Z.ts,8.520000,9.520000\n"
             "r000001-20261123T202101Z.ts,9.520000,10.520000\n"
             "r000001-20261123T202103Z.ts,10.520000,10.600000\n")
-    assert [(name[-10:], start) for name, start, _ in parse_list(text)] == [("T202101Z.ts", 9.52),
+    assert [(name[-11:], start) for name, start, _ in parse_list(text)] == [("T202101Z.ts", 9.52),
                                                                           ("T202103Z.ts", 10.52)]
 
 
