@@ -369,7 +369,7 @@ def render(args, res: dict, elapsed: float) -> str:
            + ("**Reduced scale** (see the flags), because the machine is shared right now; the full-scale "
               "command is `.venv/bin/python bench/analyses_bench.py`." if reduced else "Full scale."),
            "",
-           f"Machine: {machine_note()}.  Other agents were running tests and benches at the same time, so "
+           f"Machine: {machine_note()}.  Other test suites and benches were running at the same time, so "
            "absolute figures are noisy; storaged and its yardstick ran interleaved.  Loopback only; a real "
            "`storaged serve` (default settings unless said) on a fresh data dir in a disk-backed temp dir.",
            ""]

@@ -402,7 +402,7 @@ def render(args, res: dict, elapsed: float) -> str:
               "because the machine is shared right now); the full-scale command is "
               "`.venv/bin/python bench/files_bench.py`."),
            "",
-           f"Machine: {machine_note()}.  Other agents were running tests and benches at the same time, so "
+           f"Machine: {machine_note()}.  Other test suites and benches were running at the same time, so "
            "figures are noisy: each row is the median of the runs listed, storaged and its yardstick "
            "interleaved (alternating which goes first).  Loopback only; files in a temp dir on the same "
            "ext4 disk as the data dir.",
