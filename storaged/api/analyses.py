@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from storaged.api.bodies import json_object
 from storaged.api.keys import BEFORE_DELETE, JOBS, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, NotFound
 from storaged.jobs import analyses
@@ -28,16 +29,6 @@ def job_key(request: web.Request, file_id: str, analysis_id: str) -> str:
     return f"{request.app[LAYOUT].root}/{file_id[:2]}/{file_id[2:]}/analysis/{analysis_id}"
 
 
-async def read_json_body(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
-
-
 def state_body(file_id: str, analysis_id: str, state: JobState) -> tuple[int, dict]:
     if state.status == "done":
         results = {k: v for k, v in (state.results or {}).items() if k != "status"}
@@ -52,7 +43,7 @@ def state_body(file_id: str, analysis_id: str, state: JobState) -> tuple[int, di
 @routes.post("/analyse")
 async def analyse(request: web.Request) -> web.Response:
     """Start (or find) an analysis of a stored file."""
-    body = await read_json_body(request)
+    body = await json_object(request)
     file_id = body.get("file_id")
     if not isinstance(file_id, str):
         raise BadRequest("file_id is required: the id answered by POST /upload")

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from storaged.api.browse import serve_tree
+from storaged.api.bodies import json_object
 from storaged.api.keys import CONFIG, JOBS, LAYOUT
 from storaged.camera import convert, images, usage
 from storaged.camera.motion import CameraSpec, MotionService, parse_cameras
@@ -98,20 +99,6 @@ async def _sweep_loop(processes: convert.ProcessService, expiry: float) -> None:
 
 # -- input -----------------------------------------------------------------------
 
-async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    if optional and not request.body_exists:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadRequest("body must be a JSON object") from None
-    if body is None and optional:
-        return {}
-    if not isinstance(body, dict):
-        raise BadRequest("body must be a JSON object")
-    return body
-
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -170,7 +157,7 @@ async def motion_status(request: web.Request) -> web.Response:
 # -- /convert ----------------------------------------------------------------------
 
 async def _create(request: web.Request, kind: str) -> web.Response:
-    body = await _body(request)
+    body = await json_object(request)
     cam = request.app[CAMERA]
     n = await _camera(request, body)
     start, end = _range(request, body)
@@ -217,7 +204,7 @@ async def create_zip(request: web.Request) -> web.Response:
 @routes.post("/convert/listFramesVideo")
 async def list_frames(request: web.Request) -> web.Response:
     """Links to `frames` images evenly spaced over a time range, for scrubbing."""
-    body = await _body(request)
+    body = await json_object(request)
     cam = request.app[CAMERA]
     n = await _camera(request, body)
     start, end = _range(request, body)
@@ -230,7 +217,7 @@ async def list_frames(request: web.Request) -> web.Response:
 
 
 async def _process_id(request: web.Request) -> str:
-    body = await _body(request)
+    body = await json_object(request)
     return convert.check_process_id(body.get("id"))
 
 
@@ -252,7 +239,7 @@ async def cancel_process(request: web.Request) -> web.Response:
 @routes.post("/convert/listProcess")
 async def list_process(request: web.Request) -> web.Response:
     """Every video/zip process as a ProcessObj, oldest request first."""
-    await _body(request, optional=True)
+    await json_object(request, optional=True)
     return web.json_response({"list": await request.app[CAMERA].processes.list()})
 
 
@@ -269,7 +256,7 @@ async def delete_process(request: web.Request) -> web.Response:
 @routes.post("/file/pathSize")
 async def path_size(request: web.Request) -> web.Response:
     """Bytes under a camera's folder, also human-readable."""
-    body = await _body(request)
+    body = await json_object(request)
     n = await _camera(request, body)
     size, _ = await asyncio.to_thread(usage.usage, request.app[CAMERA].camera_dir(n))
     return web.json_response({"size": usage.human_size(size), "bytes": size})
@@ -278,7 +265,7 @@ async def path_size(request: web.Request) -> web.Response:
 @routes.post("/file/pathFileCount")
 async def path_file_count(request: web.Request) -> web.Response:
     """Number of files under a camera's folder."""
-    body = await _body(request)
+    body = await json_object(request)
     n = await _camera(request, body)
     _, count = await asyncio.to_thread(usage.usage, request.app[CAMERA].camera_dir(n))
     return web.json_response({"count": count})
@@ -287,7 +274,7 @@ async def path_file_count(request: web.Request) -> web.Response:
 @routes.post("/file/pathDelete")
 async def path_delete(request: web.Request) -> web.Response:
     """Delete every image of a camera."""
-    body = await _body(request)
+    body = await json_object(request)
     n = await _camera(request, body)
     meant, gone = await asyncio.to_thread(usage.delete_all, request.app[CAMERA].camera_dir(n))
     return web.json_response({"deleted": gone == meant, "count": gone})
@@ -296,7 +283,7 @@ async def path_delete(request: web.Request) -> web.Response:
 @routes.post("/file/pathClean")
 async def path_clean(request: web.Request) -> web.Response:
     """Delete a camera's images older than `days` days; answers how sure it is they are gone."""
-    body = await _body(request)
+    body = await json_object(request)
     n = await _camera(request, body)
     days = body.get("days")
     if not _is_number(days):

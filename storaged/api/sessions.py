@@ -5,33 +5,18 @@ Handlers only: parse ids, bodies and queries, call storaged.sessions.service, re
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from storaged.api.bodies import json_value
 from storaged.api.keys import JOBS, LAYOUT, OBJECTS
 from storaged.errors import BadRequest
 from storaged.sessions.service import SessionsService
 
 SESSIONS = web.AppKey("sessions", SessionsService)
 routes = web.RouteTableDef()
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-async def read_body(request: web.Request) -> Any:
-    """The JSON body, or None when there is none."""
-    raw = await request.read()
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
 
 
 def _service(request: web.Request) -> SessionsService:
@@ -87,7 +72,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 @routes.post("/sessions")
 async def create_session(request: web.Request) -> web.Response:
     """Create a session; answers its id."""
-    session = await _service(request).create_session(await read_body(request))
+    session = await _service(request).create_session(await json_value(request))
     return _created(session, f"/sessions/{session['id']}")
 
 
@@ -101,7 +86,7 @@ async def get_session(request: web.Request) -> web.Response:
 async def update_session(request: web.Request) -> web.Response:
     """Update a session's updatable properties."""
     session_id = _id(request, "session_id")
-    return web.json_response(await _service(request).update_session(session_id, await read_body(request)))
+    return web.json_response(await _service(request).update_session(session_id, await json_value(request)))
 
 
 @routes.delete("/sessions/{session_id}")
@@ -122,7 +107,7 @@ async def list_races(request: web.Request) -> web.Response:
 async def create_race(request: web.Request) -> web.Response:
     """Create a race in a session; answers its id."""
     session_id = _id(request, "session_id")
-    race = await _service(request).create_race(session_id, await read_body(request))
+    race = await _service(request).create_race(session_id, await json_value(request))
     return _created(race, f"/races/{race['id']}")
 
 
@@ -136,7 +121,7 @@ async def get_race(request: web.Request) -> web.Response:
 async def update_race(request: web.Request) -> web.Response:
     """Update a race's updatable properties."""
     race_id = _id(request, "race_id")
-    return web.json_response(await _service(request).update_race(race_id, await read_body(request)))
+    return web.json_response(await _service(request).update_race(race_id, await json_value(request)))
 
 
 @routes.delete("/races/{race_id}")
@@ -151,7 +136,7 @@ async def delete_race(request: web.Request) -> web.Response:
 async def split_races(request: web.Request) -> web.Response:
     """Cut every race out of the session video (a job; 202 with a status link)."""
     session_id = _id(request, "session_id")
-    report = await _service(request).request_split(session_id, await read_body(request))
+    report = await _service(request).request_split(session_id, await json_value(request))
     return web.json_response(report, status=202, headers={"Location": report["status_url"]})
 
 
@@ -174,7 +159,7 @@ async def list_session_events(request: web.Request) -> web.Response:
 async def create_event(request: web.Request) -> web.Response:
     """Record an event in a session; answers its id."""
     session_id = _id(request, "session_id")
-    event = await _service(request).create_event(session_id, await read_body(request))
+    event = await _service(request).create_event(session_id, await json_value(request))
     return _created(event, f"/events/{event['id']}")
 
 
@@ -195,7 +180,7 @@ async def get_event(request: web.Request) -> web.Response:
 async def update_event(request: web.Request) -> web.Response:
     """Update an event."""
     event_id = _id(request, "event_id")
-    return web.json_response(await _service(request).update_event(event_id, await read_body(request)))
+    return web.json_response(await _service(request).update_event(event_id, await json_value(request)))
 
 
 @routes.delete("/events/{event_id}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from storaged.api.bodies import json_object
 from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
 from storaged.config import ConfigError
 from storaged.errors import BadRequest
@@ -59,15 +59,7 @@ async def params(request: web.Request) -> dict[str, Any]:
     out: dict[str, Any] = dict(request.query)
     if request.method == "POST" and request.can_read_body:
         if request.content_type == "application/json":
-            raw = await request.read()
-            if raw.strip():
-                try:
-                    body = json.loads(raw)
-                except (ValueError, UnicodeDecodeError):
-                    raise BadRequest("the body must be a JSON object (it is not valid JSON)") from None
-                if not isinstance(body, dict):
-                    raise BadRequest("the body must be a JSON object")
-                out.update(body)
+            out.update(await json_object(request, optional=True))
         elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             form = await request.post()
             out.update({k: v for k, v in form.items() if isinstance(v, str)})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from storaged.api.bodies import json_object
 from storaged.api.keys import CONFIG, LAYOUT
 from storaged.errors import BadRequest
 from storaged.videostreams import times
@@ -46,19 +46,6 @@ def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("videostreams: loading the catalogue failed (retried on the next request): %s",
                   task.exception())
-
-
-async def _body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip() and optional:
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("the body must be a JSON object (it is not valid JSON)") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
 
 
 def _only(body: dict[str, Any], allowed: tuple[str, ...], what: str) -> None:
@@ -105,13 +92,13 @@ async def query(request: web.Request) -> web.Response:
 @routes.post(BASE)
 async def create(request: web.Request) -> web.Response:
     """Create a videostream (stream_url and startTime required); answers the record with its id."""
-    return web.json_response(await request.app[VIDEOSTREAMS].create(await _body(request)))
+    return web.json_response(await request.app[VIDEOSTREAMS].create(await json_object(request)))
 
 
 @routes.post(BASE + "/live")
 async def start_live(request: web.Request) -> web.Response:
     """Start a live videostream: start = now, no end."""
-    body = await _body(request)
+    body = await json_object(request)
     _only(body, ("stream_url", "capturesource", "startTime"), "a live stream")
     if "stream_url" not in body:
         raise BadRequest("stream_url is required", field="stream_url")
@@ -125,7 +112,7 @@ async def end_live(request: web.Request) -> web.Response:
     """End a live videostream: end = now (409 if it already ended)."""
     catalogue = request.app[VIDEOSTREAMS]
     record_id = catalogue.parse_id(request.match_info["id"])
-    body = await _body(request, optional=True)
+    body = await json_object(request, optional=True)
     _only(body, ("endTime",), "ending a live stream")
     if "endTime" in body and body["endTime"] is None:
         raise BadRequest("endTime cannot be null here", field="endTime")
@@ -143,7 +130,7 @@ async def update(request: web.Request) -> web.Response:
     """Update a videostream's fields (e.g. a new stream_url)."""
     catalogue = request.app[VIDEOSTREAMS]
     record_id = catalogue.parse_id(request.match_info["id"])
-    return web.json_response(await catalogue.update(record_id, await _body(request)))
+    return web.json_response(await catalogue.update(record_id, await json_object(request)))
 
 
 @routes.delete(BASE + "/{id}")
