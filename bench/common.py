@@ -301,3 +301,11 @@ def write_section(heading: str, body: str, path: Path = BENCHMARKS) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def publish(heading: str, text: str, *, no_write: bool) -> None:
+    """Print a bench's section and, unless ``no_write``, put it into BENCHMARKS.md."""
+    print(text)
+    if not no_write:
+        write_section(heading, text)
+        print(f"\nwritten to BENCHMARKS.md (## {heading})", file=sys.stderr)

@@ -560,14 +560,9 @@ def main() -> int:
         return 1
     res["notes"] = args.note
     text = render(args, res, time.monotonic() - started)
-    if args.no_write:
-        print(text)
-    else:
-        from common import write_section
+    from common import publish
 
-        write_section(SECTION, text)
-        print(text)
-        print(f"\nwritten to BENCHMARKS.md (## {SECTION})", file=sys.stderr)
+    publish(SECTION, text, no_write=args.no_write)
     return 0
 
 
