@@ -14,7 +14,6 @@ import collections
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -46,10 +45,6 @@ class FFmpegError(StoragedError):
 class Result:
     returncode: int
     stderr: list[str] = field(default_factory=list)
-
-
-def available() -> bool:
-    return shutil.which(FFMPEG) is not None and shutil.which(FFPROBE) is not None
 
 
 def base_args() -> list[str]:

@@ -226,10 +226,6 @@ class ObjectStore:
         meta = await self.meta(oid)
         return self.data_path(oid, meta), meta
 
-    async def exists(self, oid: str) -> bool:
-        check_object_id(oid)
-        return await asyncio.to_thread((self.layout.object_dir(oid) / META).exists)
-
     async def list(self, limit: int, after: str | None = None) -> dict[str, Any]:
         if after is not None and not re.fullmatch(r"[0-9a-f]{1,64}", after):
             raise BadRequest("malformed cursor: expected a file_id")

@@ -139,12 +139,6 @@ class RecordStore:
                 await asyncio.to_thread(write_json, self.path(record_id), new)
             return new
 
-    async def put(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Write ``record`` under its own id (create or replace), under its lock."""
-        async with self.lock(record["id"]):
-            await asyncio.to_thread(self._put_blocking, record)
-        return record
-
     def _put_blocking(self, record: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.path(record["id"]), record)
