@@ -281,7 +281,7 @@ class StreamService:
         deadline = loop.time() + self.config.stream_start_timeout
         while loop.time() < deadline:
             try:
-                if any(n.endswith(".ts") for n in os.listdir(run_dir)):
+                if any(n.endswith(".ts") for n in await asyncio.to_thread(os.listdir, run_dir)):
                     return True
             except FileNotFoundError:
                 pass

@@ -111,6 +111,9 @@ def unlink_quiet(path: Path) -> None:
         pass
 
 
+_LOCK_DIRS: set[str] = set()  # lock directories known to exist (they are never removed while running)
+
+
 class PathLock:
     """An in-process FIFO queue in front of a file lock on ``path``.
 
@@ -137,7 +140,10 @@ class PathLock:
         try:
             await entry[0].acquire()
             try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                parent = os.path.dirname(self.path)
+                if parent not in _LOCK_DIRS:
+                    await asyncio.to_thread(os.makedirs, parent, exist_ok=True)
+                    _LOCK_DIRS.add(parent)
                 self._file = AsyncFileLock(self.path, timeout=self.timeout, preserve_lock_file=True)
                 await self._file.acquire()
             except BaseException:
