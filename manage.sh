@@ -2,8 +2,9 @@
 # One entry point for people and CI:
 #   ./manage.sh run    install what is missing, then run the daemon on ./data
 #   ./manage.sh test   install what is missing, then run the whole test suite
-# Installs ffmpeg/ffprobe (and python3-venv) from Debian's packages when
-# missing, creates .venv, installs the package with its test extras.
+# Installs ffmpeg/ffprobe, chromium (the tests' headless browser) and
+# python3-venv from Debian's packages when missing, creates .venv, installs
+# the package with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,6 +23,7 @@ apt_install() {
 system_deps() {
     local missing=()
     command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing from Debian's packages: ${missing[*]}"

@@ -109,7 +109,8 @@ def render_listing(url_path: str, entries: list[dict]) -> str:
 
 def render_player(url_path: str, name: str, video: bool) -> str:
     src = html.escape(quote(name))
-    tag = (f'<video controls autoplay preload="metadata" src="{src}"></video>' if video
+    # Browsers only autoplay muted video; controls let a person unmute.
+    tag = (f'<video controls autoplay muted playsinline preload="metadata" src="{src}"></video>' if video
            else f'<img src="{src}" alt="{html.escape(name)}" style="max-width:100%">')
     body = f'{tag}<p><a href="./">back</a> · <a href="{src}">download</a></p>'
     return PAGE.format(title=html.escape(url_path), body=body)
