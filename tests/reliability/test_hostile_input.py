@@ -183,3 +183,56 @@ async def test_hostile_upload_names_are_stored_under_a_safe_name(client, data_di
         assert dl.status == 200 and await dl.read() == body
         assert "Set-Cookie" not in dl.headers
     assert sorted(p.name for p in tmp_path.iterdir()) == outside_before, "an upload wrote outside the data root"
+
+
+# JSON documents built to hurt a decoder, each with the words its refusal must name (so a 400 from
+# the decoder's limit is told apart from a route's own validation).
+JSON_BOMBS = {
+    "array nesting bomb": (b"[" * 100_000 + b"]" * 100_000, "items"),
+    "object nesting bomb": (b'{"a":' * 50_000 + b"1" + b"}" * 50_000, "items"),
+    "deep but small": (b'{"a":' * 40 + b"1" + b"}" * 40, "nested deeper"),
+    "overflowing float": (b'{"a": 1e999999}', "out of range"),
+    "negative overflow": (b'{"a": -1e999999}', "out of range"),
+    "10,000-digit integer": (b'{"a": 1' + b"0" * 10_000 + b"}", "number longer"),
+    "duplicate keys": (b'{"a": 1, "a": 2}', "duplicate key"),
+    "lone high surrogate": (b'{"a": "\\ud800"}', "surrogate"),
+    "lone low surrogate key": (b'{"\\udc00": 1}', "surrogate"),
+    "surrogate as raw bytes": (b'{"a": "\xed\xa0\x80"}', "surrogate"),
+    "huge string": (b'{"a": "' + b"x" * 200_000 + b'"}', "string longer"),
+    "body past the size limit": (b'{"a": "' + b"x" * 3_000_000 + b'"}', "larger than"),
+    "many items": (b"[" + b"1," * 200_000 + b"1]", "items"),
+    "many strings": (b"[" + b'"",' * 200_000 + b'""]', "items"),
+}
+
+
+async def _json_routes(client, seeded) -> list[tuple[str, str]]:
+    """Every operation whose documented body is JSON, read off /openapi.json (built from the router)."""
+    spec = await (await client.get("/openapi.json")).json()
+    out = []
+    for template, ops in spec["paths"].items():
+        for method, op in ops.items():
+            if "application/json" in op.get("requestBody", {}).get("content", {}):
+                path = re.sub(r"\{([^}]+)\}", lambda m: valid_value(m.group(1), seeded), template)
+                out.append((method.upper(), path))
+    return out
+
+
+async def test_every_json_route_refuses_json_bombs(client, seeded, data_dir):
+    routes = await _json_routes(client, seeded)
+    assert len(routes) >= 20, routes  # sessions, races, events, analyses, videostreams, camera, streams
+    before = tree(data_dir)
+    host, port = client.server.host, client.server.port
+    failures = []
+    for method, path in routes:
+        for name, (body, words) in JSON_BOMBS.items():
+            status, data = await raw_request(host, port, method, path, body)
+            answer = data.partition(b"\r\n\r\n")[2]
+            try:
+                message = json.loads(answer)["error_message"]
+            except (ValueError, KeyError, TypeError):
+                message = None
+            if status != 400 or message is None or words not in message:
+                failures.append(f"{method} {path} {name}: {status} {answer[:160]!r}")
+    assert not failures, f"{len(failures)} bad answers:\n" + "\n".join(failures[:60])
+    assert tree(data_dir) == before, "a JSON bomb changed the data tree"
+    assert (await client.get("/healthz")).status == 200
