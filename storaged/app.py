@@ -8,7 +8,15 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from storaged.api import analyses, browse, camera, files, health, openapi, ops, sessions, streams, videostreams
+from storaged.analyses import api as analyses
+from storaged.api import health
+from storaged.camera import api as camera
+from storaged.files import api as files
+from storaged.ops import api as ops
+from storaged.recording import api as streams
+from storaged.sessions import api as sessions
+from storaged.videostreams import api as videostreams
+from storaged.web import browse, openapi
 from storaged.api.keys import BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import InFlight, errors_middleware, token_middleware
 from storaged.config import Config

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storaged.api import openapi
+from storaged.web import openapi
 
 
 async def test_document_matches_the_routes(client):

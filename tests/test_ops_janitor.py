@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from storaged.api.ops import JANITOR
+from storaged.ops.api import JANITOR
 from storaged.app import create_app
 from storaged.config import Config
 from storaged.ops.janitor import Janitor, parse_min_free

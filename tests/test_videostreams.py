@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from storaged.api.videostreams import VIDEOSTREAMS
+from storaged.videostreams.api import VIDEOSTREAMS
 from storaged.app import create_app
 from storaged.errors import Conflict
 

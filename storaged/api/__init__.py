@@ -1,1 +1,1 @@
-"""HTTP handlers, one module per API family.  Handlers parse, call a service, render."""
+"""Shared HTTP plumbing: middleware, JSON bodies, app keys, health.  Family handlers live in their family package."""

@@ -26,7 +26,12 @@ from storaged.store.atomic import read_json, unlink_quiet, write_json
 log = logging.getLogger("storaged.worker")
 
 
+# Kinds written into config.json by earlier versions, where the code now lives.
+MOVED_KINDS = {"storaged.jobs.analyses:run": "storaged.analyses.work:run"}
+
+
 def resolve(kind: str):
+    kind = MOVED_KINDS.get(kind, kind)
     module_name, _, func_name = kind.partition(":")
     if not module_name.startswith("storaged.") or not func_name:
         raise ValueError(f"not a job kind: {kind!r}")

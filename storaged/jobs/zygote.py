@@ -33,7 +33,7 @@ from pathlib import Path
 from storaged.jobs import worker
 from storaged.jobs.state import WORKER_LOG
 
-PRELOAD = ("storaged.jobs.analyses", "storaged.sessions.split", "storaged.camera.convert",
+PRELOAD = ("storaged.analyses.work", "storaged.sessions.split", "storaged.camera.convert",
            "storaged.recording.clips")
 
 

@@ -35,7 +35,7 @@ import pytest
 
 from storaged.app import create_app
 from storaged.config import Config
-from storaged.jobs import analyses
+from storaged.analyses import work as analyses
 from storaged.jobs.runner import JobRunner
 from storaged.jobs.state import CONFIG as JOB_CONFIG, RESULTS, read_state
 from storaged.jobs.worker import run_job

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from storaged.api import openapi
+from storaged.web import openapi
 from storaged.store.objects import safe_filename
 
 SECRET = b"TOPSECRET-outside-the-data-root"

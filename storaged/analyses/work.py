@@ -25,7 +25,7 @@ from storaged.media import ffmpeg as ff
 from storaged.store.atomic import read_json, write_json
 
 ANALYSIS_ID_RE = re.compile(r"^[0-9a-f]{40}$")
-KIND = "storaged.jobs.analyses:run"
+KIND = "storaged.analyses.work:run"
 _REQUIRED = object()
 
 

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from storaged.api.browse import serve_tree
+from storaged.web.browse import serve_tree
 from storaged.api.bodies import json_object
 from storaged.api.keys import CONFIG, JOBS, LAYOUT
 from storaged.camera import convert, images, usage

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
-from storaged.api import openapi
+from storaged.web import openapi
 from storaged.api.keys import CONFIG, JOBS, LAYOUT
 from storaged.ops import pins
 from storaged.ops.janitor import Janitor, JanitorTask, disk
@@ -76,7 +76,7 @@ def _live(app: web.Application) -> dict[str, Any]:
     if jobs is not None:
         out["jobs_supervised"] = len(jobs.running_jobs())
     try:
-        from storaged.api.streams import STREAMS
+        from storaged.recording.api import STREAMS
     except ImportError:
         STREAMS = None
     streams = app.get(STREAMS) if STREAMS is not None else None
@@ -85,7 +85,7 @@ def _live(app: web.Application) -> dict[str, Any]:
         out["recordings_active"] = sum(1 for r in recorders
                                        if getattr(r, "proc", None) is not None and r.proc.alive())
     try:
-        from storaged.api.camera import CAMERA
+        from storaged.camera.api import CAMERA
     except ImportError:
         CAMERA = None
     camera = app.get(CAMERA) if CAMERA is not None else None

@@ -11,7 +11,7 @@ from aiohttp import web
 from storaged.api.bodies import json_object
 from storaged.api.keys import BEFORE_DELETE, JOBS, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, NotFound
-from storaged.jobs import analyses
+from storaged.analyses import work as analyses
 from storaged.jobs.state import CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState
 from storaged.store.atomic import async_lock
 from storaged.store.layout import check_object_id

@@ -32,7 +32,7 @@ def setup(app: web.Application) -> None:
     def catalogue():
         # The videostreams family registers later in setup order; look it up when needed.
         try:
-            from storaged.api.videostreams import VIDEOSTREAMS
+            from storaged.videostreams.api import VIDEOSTREAMS
         except ImportError:
             return None
         return app.get(VIDEOSTREAMS)

@@ -1,0 +1,1 @@
+"""Analyses: named ffmpeg/ffprobe work on a stored file, run as jobs, with downloadable outputs."""

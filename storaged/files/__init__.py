@@ -1,0 +1,1 @@
+"""Files: uploads stored by content (SHA-256), listed, downloaded and deleted."""
