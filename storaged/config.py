@@ -151,12 +151,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "duration":
             return parse_duration(raw)
         if f.type in ("bool", bool):
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off", ""):
-                return False
-            raise ConfigError(f"not a boolean: {raw!r}")
+            return False if not raw.strip() else parse_bool(raw)
         if f.type in ("int", int):
             return int(raw)
         if f.type in ("float", float):
@@ -194,17 +189,46 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def parse_bool(raw: str) -> bool:
+    low = str(raw).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"not a boolean: {raw!r} (use true/false, yes/no, on/off or 1/0)")
+
+
+def _argparse_bool(raw: str) -> bool:
+    try:
+        return parse_bool(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, flag: str, dest: str, help: str,
+                  default: bool | None = None) -> None:
+    """``--x``, ``--no-x`` and ``--x true|false|yes|no|on|off|1|0`` all set ``dest``.
+
+    argparse's BooleanOptionalAction takes no value, so ``--access-log true``
+    (the ``--name VALUE`` form every other setting takes) was refused.
+    """
+    parser.add_argument(flag, dest=dest, nargs="?", const=True, default=default, type=_argparse_bool,
+                        metavar="true|false", help=help)
+    parser.add_argument("--no-" + flag[2:], dest=dest, action="store_false", help=argparse.SUPPRESS)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--flag`` per setting; unset flags stay None so weaker sources show through."""
     parser.add_argument("--config", type=Path, default=None,
                         help=f"ini file with a [storaged] section (default {DEFAULT_INI} when present)")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
+        # argparse %-formats help texts (for %(default)s); a literal % must be doubled.
+        help_text = f.metadata["help"].replace("%", "%%")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f.metadata["help"])
+            add_bool_flag(parser, flag, f.name, help_text + " (also --no-" + flag[2:] + ")")
         else:
-            parser.add_argument(flag, dest=f.name, default=None, help=f.metadata["help"])
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
 
 
 def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None) -> Config:

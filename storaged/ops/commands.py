@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from storaged.config import Config, ConfigError
+from storaged.config import Config, ConfigError, add_bool_flag
 from storaged.ops.fsck import Fsck
 from storaged.ops.janitor import Janitor, format_report
 from storaged.store.layout import Layout
 
 
 def _gc_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true", help="print what would be deleted; delete nothing")
+    add_bool_flag(parser, "--dry-run", "dry_run", "print what would be deleted; delete nothing", default=False)
 
 
 def _gc(config: Config, args: argparse.Namespace) -> int:
@@ -31,8 +31,8 @@ def _gc(config: Config, args: argparse.Namespace) -> int:
 
 
 def _fsck_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repair", action="store_true",
-                        help="move damaged items to <data>/lost+found, clear stale state, remove stray temps")
+    add_bool_flag(parser, "--repair", "repair",
+                  "move damaged items to <data>/lost+found, clear stale state, remove stray temps", default=False)
 
 
 def _fsck(config: Config, args: argparse.Namespace) -> int:
