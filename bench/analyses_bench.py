@@ -201,8 +201,10 @@ async def submit_and_watch(http, url: str, file_id: str, analysis: str, job_args
     seen = {"aid": aid, "posted": time.perf_counter() - t0}
     while True:
         async with http.get(f"{url}/results/{file_id}/{aid}") as resp:
-            body = await resp.json(content_type=None)
             status = resp.status
+            # 202 has an empty body; the state and progress are in X-Job-Status/X-Job-Progress.
+            body = ({"status": resp.headers.get("X-Job-Status"), "progress": resp.headers.get("X-Job-Progress")}
+                    if status == 202 else await resp.json(content_type=None))
         now = time.perf_counter() - t0
         if status == 200:
             seen.setdefault("running", now)

@@ -30,7 +30,8 @@ async def query(client, **params):
     resp = await client.get(API, params=params)
     body = await resp.json()
     assert resp.status == 200, body
-    return body
+    assert set(body) == {"results", "offset", "limit", "total", "next_cursor"}, body
+    return body["results"]
 
 
 def ids(records):
@@ -102,7 +103,7 @@ async def test_query_time_with_unescaped_plus_offset(client, diagram):
     s1, s2, s3, s4, s5 = diagram
     resp = await client.get(f"{API}?timespan[start]={DAY}T18:00:00+02:00&timespan[end]={DAY}T19:30:00+02:00")
     assert resp.status == 200
-    assert ids(await resp.json()) == [s4["id"], s1["id"], s2["id"]]  # 16:00Z..17:30Z
+    assert ids((await resp.json())["results"]) == [s4["id"], s1["id"], s2["id"]]  # 16:00Z..17:30Z
 
 
 async def test_capturesource_filter(client):
@@ -301,7 +302,7 @@ async def test_pagination_walks_every_result_in_start_order(client):
     walked, url, pages = [], f"{API}?capturesource=9&limit=5", 0
     while url:
         resp = await client.get(url)
-        page = await resp.json()
+        page = (await resp.json())["results"]
         assert resp.status == 200 and len(page) <= 5
         walked += page
         pages += 1
@@ -322,9 +323,12 @@ async def test_default_page_size_setting_limits_the_answer(make_client):
     for i in range(3):
         await create(client, stream_url=f"u{i}", startTime=at(f"1{i}:00"))
     resp = await client.get(API)
-    assert len(await resp.json()) == 2 and "X-Next-Cursor" in resp.headers
+    body = await resp.json()
+    assert len(body["results"]) == 2 and body["limit"] == 2 and body["total"] == 3
+    assert body["next_cursor"] == resp.headers["X-Next-Cursor"]
     resp = await client.get(API, params={"cursor": resp.headers["X-Next-Cursor"]})
-    assert len(await resp.json()) == 1 and "X-Next-Cursor" not in resp.headers
+    body = await resp.json()
+    assert len(body["results"]) == 1 and "X-Next-Cursor" not in resp.headers and body["next_cursor"] is None
 
 
 async def test_restart_rebuilds_the_same_answers(aiohttp_client, client, config, diagram):
@@ -413,3 +417,41 @@ def test_own_format_fast_path_agrees_with_the_full_check():
         else:
             assert fast is None and full is None, record
     assert fast_hits == 200
+
+
+async def test_list_envelope_offset_limit_total_like_openfish(client, diagram):
+    """OpenFish answers every list as {results, offset, limit, total}; its web client pages with offset."""
+    span = {"timespan[start]": at("16:00"), "timespan[end]": at("19:30")}
+    everything = await query(client, **span)
+    assert len(everything) == 4
+    walked, offset = [], 0
+    while True:
+        resp = await client.get(API, params={**span, "offset": str(offset), "limit": "3"})
+        body = await resp.json()
+        assert resp.status == 200 and body["offset"] == offset and body["limit"] == 3 and body["total"] == 4
+        if not body["results"]:
+            break
+        walked += body["results"]
+        offset += len(body["results"])
+    assert walked == everything
+    resp = await client.get(API, params={**span, "offset": "9"})
+    assert (await resp.json())["results"] == [] and resp.status == 200
+
+
+async def test_format_selects_keys_of_lists_and_fetches(client, diagram):
+    resp = await client.get(API, params={"format": "id,stream_url"})
+    results = (await resp.json())["results"]
+    assert results and all(set(r) == {"id", "stream_url"} for r in results)
+    one = diagram[0]
+    resp = await client.get(f"{API}/{one['id']}", params={"format": "startTime"})
+    assert await resp.json() == {"startTime": one["startTime"]}
+    resp = await client.get(API, params={"format": "id,colour"})
+    body = await resp.json()
+    assert resp.status == 400 and body["field"] == "format" and "colour" in body["error_message"]
+
+
+@pytest.mark.parametrize("offset", ["-1", "x", "1.5"])
+async def test_malformed_offset_is_400(client, offset):
+    resp = await client.get(API, params={"offset": offset})
+    body = await resp.json()
+    assert resp.status == 400 and body["field"] == "offset"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from storaged.store.atomic import async_lock
 from storaged.store.layout import check_object_id
 
 routes = web.RouteTableDef()
+STATUS_HEADER = "X-Job-Status"
+PROGRESS_HEADER = "X-Job-Progress"
 PRIVATE_FILES = {CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG}
 
 
@@ -29,15 +32,28 @@ def job_key(request: web.Request, file_id: str, analysis_id: str) -> str:
     return f"{request.app[LAYOUT].root}/{file_id[:2]}/{file_id[2:]}/analysis/{analysis_id}"
 
 
-def state_body(file_id: str, analysis_id: str, state: JobState) -> tuple[int, dict]:
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array"}.get(type(value), "string")
+
+
+def state_response(file_id: str, analysis_id: str, state: JobState) -> web.Response:
+    """200 with the results; 500 failed; 202 with an empty body while pending (the contract's
+    "HTTP 202 and empty content"), status and progress in the ``X-Job-*`` headers."""
     if state.status == "done":
         results = {k: v for k, v in (state.results or {}).items() if k != "status"}
-        return 200, results
+        return web.json_response(results)
     if state.status in ("failed", "cancelled"):
-        return 500, {"error_message": state.error or state.status, "status": "failed", "stderr": state.stderr,
-                     "file_id": file_id, "analysis_id": analysis_id}
-    return 202, {"status": state.status, "progress": state.progress, "file_id": file_id,
-                 "analysis_id": analysis_id}
+        return web.json_response({"error_message": state.error or state.status, "status": "failed",
+                                  "stderr": state.stderr, "file_id": file_id, "analysis_id": analysis_id},
+                                 status=500)
+    headers = {STATUS_HEADER: state.status, "Retry-After": "1"}
+    if state.progress is not None:
+        headers[PROGRESS_HEADER] = f"{state.progress:.4f}"
+    return web.Response(status=202, headers=headers)
 
 
 @routes.post("/analyse")
@@ -45,11 +61,13 @@ async def analyse(request: web.Request) -> web.Response:
     """Start (or find) an analysis of a stored file."""
     body = await json_object(request)
     file_id = body.get("file_id")
-    if not isinstance(file_id, str):
+    if file_id is None:
         raise BadRequest("file_id is required: the id answered by POST /upload")
+    if not isinstance(file_id, str):
+        raise BadRequest(f"file_id must be a string, the 64-hex-digit id answered by POST /upload "
+                         f"(got {json.dumps(file_id)}, a JSON {_json_type(file_id)})")
     check_object_id(file_id)
-    analysis = analyses.get(body.get("analysis"))
-    args = analyses.validate(analysis, body.get("args"))
+    analysis, args = analyses.resolve(body.get("analysis"), body.get("args"))
     retry = body.get("retry", False)
     if not isinstance(retry, bool):
         raise BadRequest("retry must be true or false")
@@ -87,7 +105,8 @@ async def list_results(request: web.Request) -> web.Response:
         except NotFound:
             continue
         out.append({"analysis_id": aid, "analysis": state.config.get("analysis"), "args": state.config.get("args"),
-                    "status": state.status, "requested": state.config.get("requested")})
+                    "status": state.status, "progress": state.progress,
+                    "requested": state.config.get("requested")})
     return web.json_response({"file_id": file_id, "analyses": out})
 
 
@@ -104,8 +123,7 @@ async def results(request: web.Request) -> web.Response:
         state = await request.app[JOBS].state(job_key(request, file_id, aid))
     except NotFound:
         raise NotFound("analysis not found") from None
-    status, body = state_body(file_id, aid, state)
-    return web.json_response(body, status=status)
+    return state_response(file_id, aid, state)
 
 
 @routes.delete("/results/{file_id}/{analysis_id}")

@@ -352,5 +352,28 @@ ANALYSES: dict[str, Analysis] = {a.name: a for a in (
 
 def get(name: Any) -> Analysis:
     if not isinstance(name, str) or name not in ANALYSES:
-        raise BadRequest(f"unknown analysis {name!r}; allowed: {', '.join(sorted(ANALYSES))}")
+        raise BadRequest(f"unknown analysis {name!r}; allowed: {', '.join(sorted(ANALYSES))}, dummy_N")
     return ANALYSES[name]
+
+
+_DUMMY_N_RE = re.compile(r"^dummy_(\d{1,5}(?:\.\d+)?)$")
+
+
+def resolve(name: Any, args: Any) -> tuple[Analysis, dict[str, Any]]:
+    """The analysis and its validated args.
+
+    The upload contract names ``dummy_N`` ("idles for N seconds"): it is
+    ``dummy`` with ``seconds = N``, so both spellings name the same job.
+    """
+    m = _DUMMY_N_RE.match(name) if isinstance(name, str) else None
+    if m:
+        if args is not None and not isinstance(args, dict):
+            raise BadRequest("args must be a JSON object")
+        seconds = float(m.group(1))
+        given = (args or {}).get("seconds")
+        if given is not None and given != seconds:
+            raise BadRequest(f"analysis {name!r} idles for {seconds:g} s; argument 'seconds' says {given!r}")
+        args = {**(args or {}), "seconds": seconds}
+        name = "dummy"
+    analysis = get(name)
+    return analysis, validate(analysis, args)

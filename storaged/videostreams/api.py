@@ -19,6 +19,7 @@ log = logging.getLogger("storaged.videostreams")
 VIDEOSTREAMS = web.AppKey("videostreams", VideostreamCatalogue)
 MAX_LIMIT = 10_000
 BASE = "/api/v1/videostreams"
+RECORD_KEYS = ("id", "startTime", "endTime", "stream_url", "capturesource")
 routes = web.RouteTableDef()
 
 
@@ -65,9 +66,31 @@ def _limit(request: web.Request) -> int:
     return int(raw)
 
 
+def _offset(request: web.Request) -> int:
+    raw = request.query.get("offset")
+    if raw is None or raw == "":
+        return 0
+    if not raw.isdigit() or len(raw) > 12:
+        raise BadRequest(f"offset must be a non-negative integer, not {raw!r}", field="offset")
+    return int(raw)
+
+
+def _format(request: web.Request):
+    """OpenFish's ``format=key1,key2``: a function keeping only those keys of a record (None: all)."""
+    raw = request.query.get("format")
+    if raw is None or raw == "":
+        return None
+    keys = [k.strip() for k in raw.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in RECORD_KEYS]
+    if unknown or not keys:
+        raise BadRequest(f"format names unknown keys {unknown}; allowed: {', '.join(RECORD_KEYS)}", field="format")
+    return lambda record: {k: record[k] for k in keys}
+
+
 @routes.get(BASE)
 async def query(request: web.Request) -> web.Response:
-    """Videostreams overlapping a time span (open-ended bounds, capture source filter), by start; paged."""
+    """Videostreams overlapping a time span (open-ended bounds, capture source filter), by start, in
+    OpenFish's list envelope ``{results, offset, limit, total}``."""
     q = request.query
     bounds = []
     for name in ("timespan[start]", "timespan[end]"):
@@ -80,13 +103,18 @@ async def query(request: web.Request) -> web.Response:
         source_id: int | None = int(source)
     else:
         source_id = None
-    page = await request.app[VIDEOSTREAMS].query(bounds[0], bounds[1], source_id, _limit(request),
-                                                 q.get("cursor"))
+    limit, offset, select = _limit(request), _offset(request), _format(request)
+    page = await request.app[VIDEOSTREAMS].query(bounds[0], bounds[1], source_id, limit, q.get("cursor"), offset)
     headers = {}
     if page.next_cursor is not None:
         headers["X-Next-Cursor"] = page.next_cursor
-        headers["Link"] = f'<{request.rel_url.update_query(cursor=page.next_cursor)}>; rel="next"'
-    return web.json_response(page.items, headers=headers)
+        rest = request.rel_url.query.copy()
+        rest.popall("offset", None)
+        rest["cursor"] = page.next_cursor
+        headers["Link"] = f'<{request.rel_url.with_query(rest)}>; rel="next"'
+    items = page.items if select is None else [select(r) for r in page.items]
+    return web.json_response({"results": items, "offset": offset, "limit": limit, "total": page.total,
+                              "next_cursor": page.next_cursor}, headers=headers)
 
 
 @routes.post(BASE)
@@ -121,8 +149,10 @@ async def end_live(request: web.Request) -> web.Response:
 
 @routes.get(BASE + "/{id}")
 async def get(request: web.Request) -> web.Response:
-    """One videostream."""
-    return web.json_response(await request.app[VIDEOSTREAMS].get(request.match_info["id"]))
+    """One videostream (``format=key1,key2`` selects keys)."""
+    record = await request.app[VIDEOSTREAMS].get(request.match_info["id"])
+    select = _format(request)
+    return web.json_response(record if select is None else select(record))
 
 
 @routes.patch(BASE + "/{id}")

@@ -26,6 +26,8 @@ hand is seen after a restart; an unreadable one is skipped with a warning.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 import asyncio
 import json
 import logging
@@ -67,6 +69,7 @@ TimeLike = datetime | str | int | None
 class QueryPage(NamedTuple):
     items: list[dict[str, Any]]
     next_cursor: str | None  # pass back as ``cursor`` for the next page; None = no more
+    total: int = 0  # matches of the filters, whatever the page (OpenFish's envelope `total`)
 
 
 class VideostreamCatalogue:
@@ -169,11 +172,13 @@ class VideostreamCatalogue:
         return _as_dict(row)
 
     async def query(self, start: TimeLike = None, end: TimeLike = None, capturesource: int | None = None,
-                    limit: int | None = None, cursor: str | None = None) -> QueryPage:
+                    limit: int | None = None, cursor: str | None = None, offset: int = 0) -> QueryPage:
         """Every videostream overlapping ``[start, end]`` (bounds included; None = open), by start.
 
         Live streams (no end yet) overlap every span that reaches their start.
         ``capturesource`` None means any source.  ``limit`` None answers all.
+        The page starts ``offset`` matches after ``cursor`` (or the first match);
+        ``total`` counts every match of the filters.
         """
         await self.load()
         qs = None if start is None else _as_us(start, "timespan[start]")
@@ -183,15 +188,19 @@ class VideostreamCatalogue:
         source = None if capturesource is None else _check_source(capturesource)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise BadRequest("limit must be a positive integer", field="limit")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise BadRequest("offset must be a non-negative integer", field="offset")
         after = None if cursor is None else _parse_cursor(cursor)
-        found = self._index.query(qs, qe, source=source, any_source=source is None, after=after,
-                                  limit=None if limit is None else limit + 1)
-        next_cursor = None
-        if limit is not None and len(found) > limit:
-            del found[limit:]
-            next_cursor = f"{found[-1][0]}.{found[-1][1]}"
+        # Every match (keys only, cheap): the envelope's total counts them all.
+        found = self._index.query(qs, qe, source=source, any_source=source is None)
+        total = len(found)
+        begin = 0 if after is None else bisect_right(found, after)
+        begin += offset
+        stop = len(found) if limit is None else begin + limit
+        page = found[begin:stop]
+        next_cursor = f"{page[-1][0]}.{page[-1][1]}" if page and stop < len(found) else None
         records = self._records
-        return QueryPage([_as_dict(records[record_id]) for _, record_id in found], next_cursor)
+        return QueryPage([_as_dict(records[record_id]) for _, record_id in page], next_cursor, total)
 
     # -- writing -------------------------------------------------------------
     async def create(self, fields: dict[str, Any]) -> dict[str, Any]:

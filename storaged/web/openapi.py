@@ -134,7 +134,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                "responses": _answers("`{\"file_id\", \"analyses\": [...]}`", _400, _404)},
     "GET /results/{file_id}/{analysis_id}": {
         "path": {"file_id": _OBJECT_ID},
-        "responses": {"200": "the results", "202": "`{\"status\": queued|running, \"progress\"}`",
+        "responses": {"200": "the results", "202": "pending: empty body; X-Job-Status, X-Job-Progress headers",
                       "400": _BAD_ID, "404": "unknown analysis",
                       "500": "the analysis failed: `{\"error_message\", \"status\": \"failed\", \"stderr\"}`"}},
     "DELETE /results/{file_id}/{analysis_id}": {
@@ -221,9 +221,12 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     # videostreams
     "GET /api/v1/videostreams": {
         "query": {"timespan[start]": _RFC3339, "timespan[end]": _RFC3339, "capturesource": _POS_INT,
+                  "offset": {"type": "integer", "minimum": 0},
                   "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
-                  "cursor": {"type": "string", "description": "X-Next-Cursor of the previous page"}},
-        "responses": _answers("a JSON list of videostreams overlapping the span; X-Next-Cursor/Link when more",
+                  "cursor": {"type": "string", "description": "X-Next-Cursor of the previous page"},
+                  "format": {"type": "string", "description": "keys to keep, e.g. `id,stream_url`"}},
+        "responses": _answers("`{results: [videostreams overlapping the span], offset, limit, total, next_cursor}`; "
+                              "X-Next-Cursor/Link when more",
                               ("400", "malformed parameter (`field` names it)"))},
     "POST /api/v1/videostreams": {
         "body": {**_VS_BODY, "required": ["stream_url", "startTime"]}, "body_required": True,
@@ -238,6 +241,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "body": {"type": "object", "additionalProperties": False, "properties": {"endTime": _RFC3339}},
         "responses": _answers("the ended record", _400, _404, ("409", "it has already ended"), _507)},
     "GET /api/v1/videostreams/{id}": {"path": {"id": _POS_INT},
+                                      "query": {"format": {"type": "string", "description": "keys to keep"}},
                                       "responses": _answers("the record", _400, _404)},
     "PATCH /api/v1/videostreams/{id}": {"path": {"id": _POS_INT}, "body": _VS_BODY, "body_required": True,
                                         "responses": _answers("the updated record", _400, _404, _507)},
