@@ -38,7 +38,7 @@ python_deps() {
     local stamp="$VENV/.installed"
     if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
         "$VENV/bin/python" -m pip install -q --upgrade pip
-        "$VENV/bin/python" -m pip install -q -e '.[test]'
+        "$VENV/bin/python" -m pip install -q -e '.[test,tier]'
         touch "$stamp"
     fi
 }

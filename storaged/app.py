@@ -17,12 +17,13 @@ from storaged.recording import api as streams
 from storaged.sessions import api as sessions
 from storaged.videostreams import api as videostreams
 from storaged.web import browse, openapi
-from storaged.api.keys import BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
+from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import InFlight, errors_middleware, token_middleware
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
+from storaged.tier import api as tier_api
 
 log = logging.getLogger("storaged")
 
@@ -41,6 +42,7 @@ def create_app(config: Config) -> web.Application:
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []
+    app[AFTER_PUT] = []
     app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout,
                           use_zygote=config.job_zygote)
     app.cleanup_ctx.append(_store_ctx)
@@ -51,6 +53,7 @@ def create_app(config: Config) -> web.Application:
     for family in (analyses, sessions, streams, videostreams, camera):
         family.setup(app)
     ops.setup(app)
+    tier_api.setup(app)
     openapi.setup(app)  # last: it describes the routes present
     return app
 

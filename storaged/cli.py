@@ -89,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.log_level)
     if args.command == "serve":
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        except config_mod.ConfigError as exc:  # a setting only a service can judge (tier credentials...)
+            print(f"storaged: {exc}", file=sys.stderr)
+            return 2
         return 0
     _help, _add, run = COMMANDS[args.command]
     return run(config, args)

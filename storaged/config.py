@@ -109,6 +109,31 @@ class Config:
     janitor_max_files: int = _setting(1000, "Most items (files, objects, job directories) one janitor pass deletes.")
     metrics_interval: float = _setting(60.0, "Seconds between the background walks that count bytes and files per "
                                        "kind of data for /metrics.", "duration")
+    # --- storage tier (S3-compatible bucket) ---------------------------------
+    tier_bucket: str = _setting("", "Bucket of the storage tier; empty turns the tier off (nothing is replicated, "
+                                "evicted or read back).")
+    tier_endpoint: str = _setting("", "S3 endpoint URL (e.g. `https://s3.example.net`, MinIO or Ceph RGW); empty: "
+                                  "AWS S3 of `tier_region`.")
+    tier_region: str = _setting("us-east-1", "Region of the bucket (signing region).")
+    tier_prefix: str = _setting("", "Key prefix inside the bucket (e.g. `fleet/`); many boxes may share one.")
+    tier_box: str = _setting("", "This box's name in the bucket: keys of its own (not content-addressed) data go "
+                             "under `<prefix>boxes/<box>/`.  Default: the host name.")
+    tier_credentials_file: str = _setting("", "File with `aws_access_key_id` and `aws_secret_access_key` (AWS "
+                                          "credentials file format); must be readable by the daemon's user only. "
+                                          "Empty: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` from the environment.")
+    tier_verify_tls: bool = _setting(True, "Verify the endpoint's TLS certificate.")
+    tier_concurrency: int = _setting(4, "Uploads to the tier that run at once.")
+    tier_bandwidth: int = _setting(0, "Most bytes per second sent to the tier (0: no limit).", "size")
+    tier_part_size: int = _setting(16 * 1024**2, "Objects larger than this go up as multipart uploads of parts "
+                                   "this big (at least 5M).", "size")
+    tier_scan_interval: float = _setting(60.0, "Time between walks of the tree that queue what is not yet "
+                                         "replicated (new uploads are queued at once).", "duration")
+    tier_retry_max_backoff: float = _setting(300.0, "Longest wait before a failed upload is retried (1 s, "
+                                             "doubling).", "duration")
+    tier_evict: bool = _setting(True, "Under disk pressure, evict local bytes of objects verified in the tier "
+                                "(the janitor's first tier).")
+    tier_redirect: bool = _setting(False, "Answer a download of an evicted object with a redirect to a presigned "
+                                   "URL of the bucket instead of streaming it through the daemon.")
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -19,3 +19,7 @@ INFLIGHT = web.AppKey("inflight", InFlight)
 # Coroutine functions ``hook(file_id)`` run before an object is deleted (the
 # job engine cancels the object's analyses there).  Families append theirs.
 BEFORE_DELETE = web.AppKey("before_delete", list)
+
+# Coroutine functions ``hook(meta)`` run after an upload stored an object (the
+# storage tier queues it).  Families append theirs.
+AFTER_PUT = web.AppKey("after_put", list)

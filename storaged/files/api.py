@@ -10,7 +10,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.helpers import ETag
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from storaged.api.keys import BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, PayloadTooLarge
 from storaged.ops.pins import is_pinned
 from storaged.store.layout import check_object_id
@@ -93,6 +93,8 @@ async def upload(request: web.Request) -> web.Response:
     else:
         name = request.query.get("name") or _disposition_filename(request.headers.get("Content-Disposition"))
         meta = await store.put(request.content.iter_chunked(chunk), name, request.headers.get("Content-Type"))
+    for hook in request.app[AFTER_PUT]:
+        await hook(meta)
     return web.json_response({
         "file_id": meta["file_id"],
         "size": meta["size"],

@@ -1,0 +1,34 @@
+"""Backoff: the one schedule of waits between retries of something that fails.
+
+Waits start at ``first`` seconds and double after each failure up to
+``longest``; a success resets them.  A little jitter (up to 10 %) keeps many
+retriers (outbox entries, restarted processes) from waking in lock step.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    def __init__(self, first: float = 1.0, longest: float = 30.0, *, jitter: float = 0.1) -> None:
+        self.first = max(0.0, first)
+        self.longest = max(self.first, longest)
+        self.jitter = jitter
+        self.failures = 0
+
+    def delay(self, failures: int | None = None) -> float:
+        """The wait before the next try after ``failures`` failures in a row (default: this one's count)."""
+        n = self.failures if failures is None else failures
+        if n <= 0:
+            return 0.0
+        base = min(self.longest, self.first * 2 ** min(n - 1, 60))
+        return base * (1 - self.jitter * random.random())
+
+    def failed(self) -> float:
+        """Count a failure; answer the wait before the next try."""
+        self.failures += 1
+        return self.delay()
+
+    def succeeded(self) -> None:
+        self.failures = 0

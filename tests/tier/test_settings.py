@@ -1,0 +1,51 @@
+"""Tier settings: credentials only from a file nobody else can read, or the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from storaged.config import Config, ConfigError
+from storaged.tier import settings
+
+
+def test_off_without_a_bucket(tmp_path: Path) -> None:
+    assert not settings.enabled(Config(data_dir=tmp_path))
+
+
+def test_credentials_file_must_be_private(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text("[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n")
+    creds.chmod(0o644)
+    config = Config(data_dir=tmp_path, tier_bucket="b", tier_credentials_file=str(creds))
+    with pytest.raises(ConfigError, match="readable by others"):
+        settings.load(config, env={})
+    creds.chmod(0o600)
+    loaded = settings.load(config, env={})
+    assert (loaded.access_key, loaded.secret_key) == ("AK", "SK")
+
+
+def test_credentials_from_the_environment_and_keys(tmp_path: Path) -> None:
+    config = Config(data_dir=tmp_path, tier_bucket="b", tier_prefix="fleet", tier_box="box-7")
+    with pytest.raises(ConfigError, match="no credentials"):
+        settings.load(config, env={})
+    s = settings.load(config, env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"})
+    assert s.shared_key("ab/cd/the_file") == "fleet/ab/cd/the_file"
+    assert s.box_key("sessions/1.json") == "fleet/boxes/box-7/sessions/1.json"
+    assert s.verify_tls is True
+
+
+def test_daemon_refuses_to_start_with_an_unsafe_credentials_file(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text("aws_access_key_id = AK\naws_secret_access_key = SK\n")
+    creds.chmod(0o640)
+    run = subprocess.run([sys.executable, "-m", "storaged", "serve", "--data-dir", str(tmp_path / "data"),
+                          "--port", "0", "--tier-bucket", "b", "--tier-credentials-file", str(creds)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "AWS_ACCESS_KEY_ID": ""})
+    assert run.returncode == 2
+    assert run.stderr.startswith("storaged: tier_credentials_file")
+    assert "readable by others (mode 640); chmod 600 it" in run.stderr
