@@ -25,6 +25,8 @@ system_deps() {
     command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+    # systemd-analyze: tests/test_systemd_unit.py rates the unit's hardening offline.
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing from Debian's packages: ${missing[*]}"
         apt_install "${missing[@]}"

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from storaged.analyses import api as analyses
 from storaged.api import health
+from storaged.api.connections import Collector, ConnectionGuard
 from storaged.camera import api as camera
 from storaged.files import api as files
 from storaged.ops import api as ops
@@ -17,8 +18,8 @@ from storaged.recording import api as streams
 from storaged.sessions import api as sessions
 from storaged.videostreams import api as videostreams
 from storaged.web import browse, openapi
-from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
-from storaged.api.middleware import InFlight, errors_middleware, token_middleware
+from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
+from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_middleware
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -31,14 +32,17 @@ log = logging.getLogger("storaged")
 def create_app(config: Config) -> web.Application:
     inflight = InFlight()
     middlewares = [inflight.middleware, errors_middleware]
+    auth = AuthThrottle(config.auth_max_failures, config.auth_failure_window)
     if config.token:
-        middlewares.append(token_middleware(config.token))
+        middlewares.append(token_middleware(config.token, auth))
     # Uploads stream through request.content and never hit client_max_size;
     # the limit here only bounds JSON/form bodies read whole.
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024 * 1024)
     layout = Layout(config.data_dir)
     app[CONFIG] = config
     app[INFLIGHT] = inflight
+    app[AUTH] = auth
+    guard = app[CONNECTIONS] = ConnectionGuard(config)  # `storaged serve` admits connections through it
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []
@@ -54,6 +58,7 @@ def create_app(config: Config) -> web.Application:
         family.setup(app)
     ops.setup(app)
     tier_api.setup(app)
+    app[ops.METRICS].registry.register(Collector(guard, auth, inflight))
     openapi.setup(app)  # last: it describes the routes present
     return app
 

@@ -20,7 +20,8 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 async def serve(config: config_mod.Config) -> None:
-    from storaged.api.keys import INFLIGHT, JOBS
+    from storaged.api.connections import GuardedSite
+    from storaged.api.keys import CONNECTIONS, INFLIGHT, JOBS
     from storaged.app import create_app
 
     app = create_app(config)
@@ -32,6 +33,7 @@ async def serve(config: config_mod.Config) -> None:
         access_log_format=ACCESS_LOG_FORMAT,
         shutdown_timeout=config.shutdown_timeout,
         handle_signals=False,
+        keepalive_timeout=config.keepalive_timeout,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -39,8 +41,10 @@ async def serve(config: config_mod.Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        guard = app[CONNECTIONS]
+        site = GuardedSite(runner, guard, config.host, config.port)
         await site.start()
+        guard.start()
         log.info("storaged %s serving %s on http://%s:%d", __version__, config.data_dir.absolute(),
                  config.host, config.port)
         sdnotify.notify("READY=1\nSTATUS=serving")
@@ -57,6 +61,7 @@ async def serve(config: config_mod.Config) -> None:
             log.warning("%d request(s) still in flight after %.0fs; closing them", inflight.count,
                         config.shutdown_timeout)
     finally:
+        await app[CONNECTIONS].stop()
         await runner.cleanup()
     log.info("stopped")
 

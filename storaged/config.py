@@ -49,6 +49,24 @@ class Config:
     shutdown_timeout: float = _setting(20.0, "Seconds in-flight requests get to finish on SIGTERM.", "duration")
     io_threads: int = _setting(32, "Threads for blocking file work (fsync, reads, directory walks, lock waits). "
                                "Mostly waiting on the disk, so many more than cores.")
+    # --- connections and clients (nginx's defaults where nginx has one) ---
+    header_timeout: float = _setting(60.0, "A client must send a whole request head within this (from connect, or "
+                                     "from the first byte of a later request on a kept-alive connection); else "
+                                     "the connection is closed (nginx client_header_timeout).", "duration")
+    keepalive_timeout: float = _setting(75.0, "An idle kept-alive connection is closed after this (nginx "
+                                        "keepalive_timeout).", "duration")
+    upload_min_rate: int = _setting(1024, "Slowest accepted request body, in bytes a second averaged over "
+                                    "upload_rate_window; a slower (or stalled) upload is cut and its temp file "
+                                    "removed (0: no minimum).", "size")
+    upload_rate_window: float = _setting(60.0, "Window over which upload_min_rate is measured (nginx "
+                                         "client_body_timeout).", "duration")
+    send_timeout: float = _setting(60.0, "A client that takes nothing of an answer for this long is cut (nginx "
+                                   "send_timeout).", "duration")
+    max_connections: int = _setting(1024, "Most client connections held at once; beyond it a new client gets a "
+                                    "quick 503 and is closed while the others go on (0: no cap).")
+    auth_max_failures: int = _setting(10, "Wrong tokens a client address may send within auth_failure_window; "
+                                      "beyond that it gets 429 with Retry-After until the window ends.")
+    auth_failure_window: float = _setting(60.0, "Window of auth_max_failures.", "duration")
     list_page_size: int = _setting(100, "Default page size of list endpoints (`limit` overrides, up to 1000).")
     # --- analyses (jobs) --------------------------------------------------
     job_concurrency: int = _setting(os.cpu_count() or 1, "Jobs (analyses, splits, clips, exports) that run at once; "

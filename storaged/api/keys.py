@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from storaged.api.middleware import InFlight
+from storaged.api.connections import ConnectionGuard
+from storaged.api.middleware import AuthThrottle, InFlight
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -15,6 +16,8 @@ LAYOUT = web.AppKey("layout", Layout)
 OBJECTS = web.AppKey("objects", ObjectStore)
 JOBS = web.AppKey("jobs", JobRunner)
 INFLIGHT = web.AppKey("inflight", InFlight)
+AUTH = web.AppKey("auth", AuthThrottle)
+CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 # Coroutine functions ``hook(file_id)`` run before an object is deleted (the
 # job engine cancels the object's analyses there).  Families append theirs.

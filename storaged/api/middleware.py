@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
+import math
+import time
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -73,28 +76,105 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, "internal error")
 
 
-def token_middleware(token: str):
-    """Bearer token, or HTTP Basic with the token as password (so a browser can browse)."""
-    expected = token.encode()
+class AuthThrottle:
+    """Failed token attempts per client address, so a token cannot be guessed at network speed.
+
+    A failure is a request whose ``Authorization`` header carries a wrong token (a request without
+    one is not a guess).  An address's window opens at its first failure and lasts ``window``
+    seconds; once it holds ``max_failures``, every request from that address but /healthz gets 429
+    with ``Retry-After`` until the window ends, and no token is compared meanwhile (a right guess
+    looks like a wrong one).  So at most ``max_failures`` guesses per window and address.  The
+    start of each block is logged once.  Memory is bounded: at most ``MAX_CLIENTS`` addresses are
+    remembered, stale ones dropped first.
+    """
+
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, max_failures: int, window: float) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self._clients: dict[str, list[float]] = {}  # address -> [window start, failures]
+        self.failures_total = 0
+        self.refused_total = 0
+
+    def retry_after(self, address: str) -> float:
+        """Seconds the address must wait, 0 when it may try."""
+        entry = self._clients.get(address)
+        if entry is None or entry[1] < self.max_failures:
+            return 0.0
+        remaining = entry[0] + self.window - time.monotonic()
+        if remaining <= 0:
+            del self._clients[address]
+            return 0.0
+        return remaining
+
+    def failed(self, address: str) -> None:
+        self.failures_total += 1
+        now = time.monotonic()
+        entry = self._clients.get(address)
+        if entry is None or now - entry[0] >= self.window:
+            if entry is None and len(self._clients) >= self.MAX_CLIENTS:
+                self._prune(now)
+            entry = self._clients[address] = [now, 0]
+        entry[1] += 1
+        if entry[1] == self.max_failures:
+            log.warning("%d wrong tokens from %s within %.0fs: refusing it (429) for %.0fs", entry[1], address,
+                        now - entry[0], entry[0] + self.window - now)
+
+    def blocked_clients(self) -> int:
+        now = time.monotonic()
+        return sum(1 for start, failures in self._clients.values()
+                   if failures >= self.max_failures and now - start < self.window)
+
+    def _prune(self, now: float) -> None:
+        for address in [a for a, (start, _) in self._clients.items() if now - start >= self.window]:
+            del self._clients[address]
+        while len(self._clients) >= self.MAX_CLIENTS:  # oldest first (insertion order)
+            del self._clients[next(iter(self._clients))]
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
+
+
+def token_middleware(token: str, throttle: AuthThrottle):
+    """Bearer token, or HTTP Basic with the token as password (so a browser can browse).
+
+    Tokens are compared as SHA-256 digests with ``hmac.compare_digest``: constant time, and the
+    length of the token is not revealed either.
+    """
+    expected = _digest(token.encode())
 
     def authorised(header: str) -> bool:
         scheme, _, value = header.partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer":
-            return hmac.compare_digest(value.strip().encode(), expected)
+            return hmac.compare_digest(_digest(value.strip().encode()), expected)
         if scheme == "basic":
             try:
                 decoded = base64.b64decode(value.strip(), validate=True)
             except (binascii.Error, ValueError):
                 return False
             _, _, password = decoded.partition(b":")
-            return hmac.compare_digest(password, expected)
+            return hmac.compare_digest(_digest(password), expected)
         return False
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS or authorised(request.headers.get("Authorization", "")):
+        if request.path in OPEN_PATHS:
             return await handler(request)
+        address = request.remote or "unknown"
+        wait = throttle.retry_after(address)
+        if wait > 0:
+            throttle.refused_total += 1
+            resp = error_response(429, "too many wrong tokens from this address: try again later")
+            resp.headers["Retry-After"] = str(math.ceil(wait))
+            return resp
+        header = request.headers.get("Authorization", "")
+        if authorised(header):
+            return await handler(request)
+        if header:
+            throttle.failed(address)
         resp = error_response(401, "unauthorized: send Authorization: Bearer <token>")
         resp.headers["WWW-Authenticate"] = 'Basic realm="storaged", charset="UTF-8"'
         return resp
