@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import errno
 import logging
+import os
+import secrets
 import signal
+import socket
 import sys
 
 from aiohttp import web
@@ -19,12 +23,49 @@ log = logging.getLogger("storaged")
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
-async def serve(config: config_mod.Config) -> None:
+class StartupError(Exception):
+    """The daemon cannot start; the message is the one line printed before exiting 1."""
+
+
+def _cause(exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{os.strerror(exc.errno)} ({name})" if name else str(exc)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts (so a taken port is a clean failure)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+        return socket.create_server(address, family=family, backlog=128)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {_cause(exc)}") from None
+
+
+def preflight(config: config_mod.Config) -> socket.socket:
+    """What ``serve`` needs before it starts anything: a writable data root, a usable ffmpeg, the port."""
+    root = config.data_dir.absolute()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".storaged-start-{secrets.token_hex(4)}.tmp"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise StartupError(f"the data root {root} is not writable: {_cause(exc)}") from None
+    from storaged.media import ffmpeg
+    try:
+        ffmpeg.check_tools()
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    return listen(config.host, config.port)
+
+
+async def serve(config: config_mod.Config, sock: socket.socket) -> None:
     from storaged.api.connections import GuardedSite
     from storaged.api.keys import CONNECTIONS, INFLIGHT, JOBS
     from storaged.app import create_app
 
-    app = create_app(config)
+    app = create_app(config)  # a bad setting raises ConfigError here
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="storaged-io"))
     runner = web.AppRunner(
@@ -35,14 +76,18 @@ async def serve(config: config_mod.Config) -> None:
         handle_signals=False,
         keepalive_timeout=config.keepalive_timeout,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot set up the data root {config.data_dir.absolute()}: {_cause(exc)}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         guard = app[CONNECTIONS]
-        site = GuardedSite(runner, guard, config.host, config.port)
+        site = GuardedSite(runner, guard, config.host, config.port, sock=sock)
         await site.start()
         guard.start()
         log.info("storaged %s serving %s on http://%s:%d", __version__, config.data_dir.absolute(),
@@ -94,11 +139,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.setup(config.log_level)
     if args.command == "serve":
+        # Start-up failures are one line and a non-zero exit, not a traceback: 2 for a bad
+        # setting (like the ones load() finds), 1 for anything else in the way.
         try:
-            asyncio.run(serve(config))
-        except config_mod.ConfigError as exc:  # a setting only a service can judge (tier credentials...)
-            print(f"storaged: {exc}", file=sys.stderr)
+            sock = preflight(config)
+            with sock:
+                asyncio.run(serve(config, sock))
+        except config_mod.ConfigError as exc:
+            print(f"storaged: bad setting: {exc}", file=sys.stderr)
             return 2
+        except StartupError as exc:
+            print(f"storaged: cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
     _help, _add, run = COMMANDS[args.command]
     return run(config, args)

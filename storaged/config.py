@@ -125,6 +125,8 @@ class Config:
     janitor_interval: float = _setting(300.0, "Seconds between janitor passes (0: only when a write meets a full "
                                        "disk or on `storaged gc`).", "duration")
     janitor_max_files: int = _setting(1000, "Most items (files, objects, job directories) one janitor pass deletes.")
+    health_min_free: int = _setting(100 * 1024**2, "Hard floor of free space on the data filesystem: below it "
+                                    "/healthz answers 503 `ok: false` (writes are about to fail).", "size")
     metrics_interval: float = _setting(60.0, "Seconds between the background walks that count bytes and files per "
                                        "kind of data for /metrics.", "duration")
     # --- storage tier (S3-compatible bucket) ---------------------------------

@@ -7,6 +7,7 @@ renders every one of them as ``{"error_message": ...}`` plus ``extra``.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -43,3 +44,44 @@ class PayloadTooLarge(StoragedError):
 
 class InsufficientStorage(StoragedError):
     status = 507
+
+
+class StorageUnavailable(StoragedError):
+    status = 503
+
+
+class DamagedRecord(StoragedError, ValueError):
+    """A file the daemon wrote can no longer be read back (torn or changed behind its back).
+
+    Also a ValueError, so code that skips unreadable records in a listing keeps doing so."""
+    status = 500
+
+    def __init__(self, name: str, why: str = "not valid JSON") -> None:
+        super().__init__(f"damaged record {name}: {why}; run `storaged fsck` (`--repair` moves it to lost+found/)",
+                         damaged=name)
+
+
+# The data filesystem's faults, whatever write met them: one mapping for every route.
+_FAULTS = {
+    errno.ENOSPC: (InsufficientStorage, "insufficient storage: the data filesystem is full"),
+    errno.EDQUOT: (InsufficientStorage, "insufficient storage: the disk quota of the data filesystem is used up"),
+    errno.EROFS: (StorageUnavailable, "the data filesystem is read-only: nothing can be written until it is "
+                                      "remounted read-write"),
+    errno.EIO: (StorageUnavailable, "I/O error on the data filesystem: the disk may be failing; check the kernel "
+                                    "log and run `storaged fsck`"),
+}
+
+
+def storage_fault(exc: BaseException) -> StoragedError | None:
+    """The domain error for a disk fault (ENOSPC, EDQUOT, EROFS, EIO) anywhere in ``exc``'s chain, else None.
+
+    The message names the cause (``(ENOSPC)``), and so does the ``cause`` field of the answer."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _FAULTS:
+            cls, text = _FAULTS[exc.errno]
+            name = errno.errorcode[exc.errno]
+            return cls(f"{text} ({name})", cause=name)
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -254,9 +254,11 @@ class _Refusal(asyncio.Protocol):
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections go through the guard (``BaseSite``'s extension point: name + start)."""
 
-    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, host: str, port: int) -> None:
+    def __init__(self, runner: web.AppRunner, guard: ConnectionGuard, host: str, port: int,
+                 sock: socket.socket | None = None) -> None:
         super().__init__(runner, backlog=511)  # nginx's listen backlog
         self.guard, self.host, self.port = guard, host, port
+        self.sock = sock  # already bound (``storaged serve`` binds before starting anything)
 
     @property
     def name(self) -> str:
@@ -266,8 +268,13 @@ class GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self.guard.factory(server), self.host, self.port, backlog=self._backlog, reuse_address=True)
+        loop = asyncio.get_running_loop()
+        if self.sock is not None:
+            self._server = await loop.create_server(self.guard.factory(server), sock=self.sock,
+                                                    backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                self.guard.factory(server), self.host, self.port, backlog=self._backlog, reuse_address=True)
 
 
 class Collector:

@@ -1,4 +1,11 @@
-"""The one place errors become HTTP responses, and the access-token gate."""
+"""The one place errors become HTTP responses, and the access-token gate.
+
+Disk faults (ENOSPC/EDQUOT → 507, EROFS/EIO → 503) are mapped here for every
+route, from the OSError itself or anywhere in an exception's chain
+(``storaged.errors.storage_fault``), so no handler needs its own copy.
+Listings that skip damaged records say so in the ``Storaged-Skipped-Records``
+header (``storaged.store.damage``).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +22,14 @@ from typing import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from storaged.errors import StoragedError
+from storaged.errors import StoragedError, storage_fault
+from storaged.store import damage
 
 log = logging.getLogger("storaged.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = {"/healthz"}
+SKIPPED_HEADER = "Storaged-Skipped-Records"
+MAX_SKIPPED_NAMES = 20
 
 
 class InFlight:
@@ -48,6 +58,28 @@ def error_response(status: int, message: str, **extra) -> web.Response:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    skipped: list[str] = []
+    token = damage.SKIPPED.set(skipped)
+    try:
+        resp = await _render_errors(request, handler)
+    finally:
+        damage.SKIPPED.reset(token)
+    if skipped and not resp.prepared:
+        names = sorted(set(skipped))
+        resp.headers[SKIPPED_HEADER] = " ".join(names[:MAX_SKIPPED_NAMES]) + (
+            f" (+{len(names) - MAX_SKIPPED_NAMES} more)" if len(names) > MAX_SKIPPED_NAMES else "")
+    return resp
+
+
+def _fault_response(request: web.Request, exc: BaseException) -> web.Response | None:
+    fault = storage_fault(exc)
+    if fault is None:
+        return None
+    log.error("%s %s: %s (%s)", request.method, request.path, fault.message, exc)
+    return error_response(fault.status, fault.message, **fault.extra)
+
+
+async def _render_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except StoragedError as exc:
@@ -69,9 +101,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (ConnectionResetError, OSError) as exc:
         if isinstance(exc, ConnectionResetError) or request.transport is None or request.transport.is_closing():
             raise
+        if (resp := _fault_response(request, exc)) is not None:
+            return resp
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
-    except Exception:
+    except Exception as exc:
+        if (resp := _fault_response(request, exc)) is not None:
+            return resp
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
 

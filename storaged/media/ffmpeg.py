@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -27,6 +28,34 @@ log = logging.getLogger("storaged.ffmpeg")
 FFMPEG = os.environ.get("STORAGED_FFMPEG_BIN", "ffmpeg")
 FFPROBE = os.environ.get("STORAGED_FFPROBE_BIN", "ffprobe")
 STDERR_TAIL_LINES = 20
+MIN_VERSION = (5, 1)  # Debian 12's; older segment/concat muxers lack options the recorder and clips use
+_VERSION_RE = re.compile(r"\bversion\s+n?(\d+)\.(\d+)")
+
+
+def check_tools(timeout: float = 20.0) -> list[str]:
+    """Check that ffmpeg and ffprobe run and are at least MIN_VERSION; answer their version lines.
+
+    Raises RuntimeError with one line naming the problem.  Blocking (start-up only).  A
+    version string without a release number (a git build, ``N-…``) is taken as new enough."""
+    lines = []
+    need = ".".join(map(str, MIN_VERSION))
+    for binary in (FFMPEG, FFPROBE):
+        try:
+            out = subprocess.run([binary, "-version"], capture_output=True, timeout=timeout,
+                                 stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise RuntimeError(f"{binary} not found: install ffmpeg >= {need} (Debian: apt-get install ffmpeg)") from None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"{binary} -version failed: {exc}") from None
+        first = (out.stdout.decode("utf-8", "replace").splitlines() or [""])[0].strip()
+        if out.returncode != 0:
+            raise RuntimeError(f"{binary} -version exited with {out.returncode}: {first or 'no output'}")
+        m = _VERSION_RE.search(first)
+        if m and (int(m.group(1)), int(m.group(2))) < MIN_VERSION:
+            raise RuntimeError(f"{binary} {m.group(1)}.{m.group(2)} is too old: storaged needs ffmpeg >= {need} "
+                               f"({first})")
+        lines.append(first)
+    return lines
 
 
 class FFmpegError(StoragedError):

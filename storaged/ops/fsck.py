@@ -34,7 +34,6 @@ Exit status: 0 clean; 1 problems found (all repaired with ``--repair``);
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -54,7 +53,7 @@ from storaged.ops.kinds import queue_entries
 from storaged.procs import read_pidfile
 from storaged.store.atomic import TMP_SUFFIX, fsync_dir, read_json, sync_lock, unlink_quiet, write_json
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
-from storaged.store.objects import META, THE_FILE
+from storaged.store.objects import META, THE_FILE, verify_object
 
 TEMP_GRACE = 60.0
 QUEUE_GRACE = 60.0
@@ -113,12 +112,7 @@ class Fsck:
         return os.path.relpath(path, self.root)
 
     def to_lost_found(self, path: Path) -> str:
-        dest = self.root / LOST / self.rel(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        final, n = dest, 0
-        while os.path.lexists(final):
-            n += 1
-            final = dest.with_name(f"{dest.name}.{n}")
+        final = self.layout.lost_found_for(path)
         os.rename(path, final)
         fsync_dir(path.parent)
         return "moved to " + self.rel(final)
@@ -146,40 +140,10 @@ class Fsck:
     def _verify_object(self, oid: str) -> tuple[str, int, str | None]:
         """(id, bytes hashed, what is wrong or None).  Runs in a pool thread; takes no lock (objects are immutable)."""
         od = self.layout.object_dir(oid)
-        try:
-            meta = read_json(od / META)
-        except FileNotFoundError:
-            if not od.exists():
-                return oid, 0, None  # deleted meanwhile
-            return oid, 0, "meta.json is missing"
-        except ValueError:
-            return oid, 0, "meta.json is not valid JSON"
-        if not isinstance(meta, dict) or not isinstance(meta.get("stored_name"), str) \
-                or "/" in meta["stored_name"] or meta["stored_name"] in ("", ".", ".."):
-            return oid, 0, "meta.json has no usable stored_name"
-        data = od / meta["stored_name"]
-        h = hashlib.sha256()
-        size = 0
-        try:
-            with open(data, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    size += len(chunk)
-        except FileNotFoundError:
-            if not od.exists():
-                return oid, 0, None
-            return oid, 0, f"the bytes ({meta['stored_name']}) are missing"
-        if h.hexdigest() != oid:
-            return oid, size, "content does not hash to its id"
-        if meta.get("size") != size:
-            return oid, size, f"meta.json says {meta.get('size')} bytes, the file has {size}"
-        try:
-            link = os.readlink(od / THE_FILE)
-        except OSError:
-            link = None
-        if link != meta["stored_name"]:
-            return oid, size, f"the_file link {'is missing' if link is None else 'points to ' + link}"
-        return oid, size, None
+        size, trouble = verify_object(od, oid)
+        if trouble is not None and not od.exists():
+            return oid, 0, None  # deleted meanwhile
+        return oid, size, trouble
 
     def _damaged_object(self, oid: str, trouble: str) -> None:
         od = self.layout.object_dir(oid)

@@ -30,7 +30,6 @@ never wait.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import secrets
@@ -39,10 +38,9 @@ from typing import Any
 
 from filelock import AsyncFileLock, FileLock
 
-from storaged.errors import InsufficientStorage
+from storaged.errors import storage_fault
 
 TMP_SUFFIX = ".tmp"
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 def temp_name(final: Path) -> Path:
@@ -57,9 +55,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def raise_if_disk_full(exc: OSError) -> None:
-    if exc.errno in DISK_FULL_ERRNOS:
-        raise InsufficientStorage("insufficient storage: the data filesystem is full") from exc
+def raise_storage_fault(exc: OSError) -> None:
+    """Raise the domain error of a disk fault (full, read-only, I/O error), naming its cause."""
+    fault = storage_fault(exc)
+    if fault is not None:
+        raise fault from exc
 
 
 def write_bytes(final: Path, data: bytes, *, durable: bool = True) -> None:
@@ -75,7 +75,7 @@ def write_bytes(final: Path, data: bytes, *, durable: bool = True) -> None:
         os.rename(tmp, final)
     except OSError as exc:
         unlink_quiet(tmp)
-        raise_if_disk_full(exc)
+        raise_storage_fault(exc)
         raise
     except BaseException:
         unlink_quiet(tmp)

@@ -12,11 +12,13 @@ Layout of the data root::
         analysis/<analysis_id>/        jobs on this object (see storaged.jobs)
     <data>/tmp/                        temp files of writes in flight (swept at start)
     <data>/locks/                      lock files (kept; see storaged.store.atomic)
+    <data>/lost+found/<relative path>  damaged things set aside (by fsck --repair, self-healing dedupe)
     <data>/<family>/...                records of the other API families
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -56,6 +58,22 @@ class Layout:
     def lock_for(self, kind: str, name: str) -> Path:
         """A lock file for any other thing (a record, a job, a stream)."""
         return self.locks / kind / f"{name}.lock"
+
+    @property
+    def lost_found(self) -> Path:
+        return self.root / "lost+found"
+
+    def lost_found_for(self, path: Path) -> Path:
+        """A free name for ``path`` under ``lost+found/`` (same relative path, ``.1``, ``.2``… when taken).
+
+        Its parent directories are created; the caller moves or links ``path`` there.  Blocking."""
+        dest = self.lost_found / os.path.relpath(path, self.root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        final, n = dest, 0
+        while os.path.lexists(final):
+            n += 1
+            final = dest.with_name(f"{dest.name}.{n}")
+        return final
 
     def family_dir(self, family: str) -> Path:
         return self.root / family

@@ -5,11 +5,26 @@ Protocol
 *Put.*  Bytes stream into ``<data>/tmp/upload-<random>.tmp`` while being
 hashed (SHA-256), in a worker thread, one buffer ahead of the network.  The
 temp file is fsynced; then, holding the object's lock, either the object
-already exists (a dedupe: the temp file is dropped and the existing object is
-answered) or a staging directory ``<data>/tmp/.obj-….tmp/`` is filled with the
+already exists (a dedupe, see below) or a staging directory ``<data>/tmp/.obj-….tmp/`` is filled with the
 bytes (renamed in), the ``the_file`` symlink and ``meta.json``, fsynced, and
 renamed to ``<data>/<id[:2]>/<id[2:]>/`` in one step; the parent directory is
 fsynced last.
+
+*Dedupe heals.*  When the id already exists, the stored copy is verified
+before the new temp file is dropped: first what costs nothing (``meta.json``
+parses, the bytes are there with its size, ``the_file`` points at them), then
+the full SHA-256 of the stored bytes, in the same worker thread, under the
+object's lock.  Only a copy that passes both is answered
+``"deduplicated": true``.  A copy that fails is healed in place with the new
+bytes — the damaged bytes are hard-linked into ``lost+found/`` and the good
+ones renamed over them (a reader sees the old bytes or the new, never none),
+a damaged ``meta.json`` is set aside and rewritten, the link recreated — and
+the answer says ``"deduplicated": false`` with ``"repaired"`` naming what was
+wrong.  The object directory stays, so its analyses and its pin are kept.
+Trade-off: a dedupe costs one sequential read of the stored copy (at disk
+speed, off the event loop) before it is answered, instead of answering at
+once and verifying later; in exchange the answer never vouches for bytes
+nobody checked, and no background task holds the only good copy.
 
 *What a reader sees.*  An object directory exists complete or not at all, so
 a reader needs no lock: if ``meta.json`` can be read, the bytes are all there
@@ -24,13 +39,16 @@ nothing while streaming.
 
 *What a crash leaves.*  Temp files and staging/trash directories under
 ``<data>/tmp/``, swept at start-up once older than ``temp_max_age``; never a
-partial object under a final name.
+partial object under a final name.  A crash in the middle of a heal leaves
+the object as damaged as it was (plus a copy in ``lost+found/``), for the
+next upload of the same bytes or ``storaged fsck --repair``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import mimetypes
 import os
 import re
@@ -48,13 +66,15 @@ from storaged.store.atomic import (
     TMP_SUFFIX,
     async_lock,
     fsync_dir,
-    raise_if_disk_full,
+    raise_storage_fault,
     read_json,
     sync_lock,
     unlink_quiet,
     write_json,
 )
 from storaged.store.layout import Layout, check_object_id
+
+log = logging.getLogger("storaged.store")
 
 META = "meta.json"
 THE_FILE = "the_file"
@@ -149,22 +169,15 @@ class ObjectStore:
     def _commit(self, tmp: Path, oid: str, name: str | None, content_type: str | None,
                 size: int) -> dict[str, Any]:
         final = self.layout.object_dir(oid)
-        if (final / META).exists():
-            unlink_quiet(tmp)
-            meta = read_json(final / META)
-            return {**meta, "deduplicated": True}
-        original = clean_name(name)
-        stored = safe_filename(original)
-        if not content_type or content_type in ("application/octet-stream", "multipart/form-data"):
-            content_type = guess_type(stored)
-        meta = {
-            "file_id": oid,
-            "name": original,
-            "stored_name": stored,
-            "size": size,
-            "content_type": content_type,
-            "created": now_iso(),
-        }
+        if final.is_dir():
+            _, trouble = verify_object(final, oid)
+            if trouble is None:
+                unlink_quiet(tmp)
+                meta = read_json(final / META)
+                return {**meta, "deduplicated": True}
+            return self._heal(final, tmp, oid, name, content_type, size, trouble)
+        meta = new_meta(oid, name, content_type, size)
+        stored = meta["stored_name"]
         stage = self.layout.tmp / f".obj-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
             stage.mkdir()
@@ -180,9 +193,55 @@ class ObjectStore:
             fsync_dir(parent)
         except OSError as exc:
             shutil.rmtree(stage, ignore_errors=True)
-            raise_if_disk_full(exc)
+            raise_storage_fault(exc)
             raise
         return {**meta, "deduplicated": False}
+
+    def _heal(self, od: Path, tmp: Path, oid: str, name: str | None, content_type: str | None, size: int,
+              trouble: str) -> dict[str, Any]:
+        """Replace a damaged stored copy by the verified bytes in ``tmp`` (the object's lock is held)."""
+        set_aside: list[str] = []
+
+        def keep_evidence(path: Path, move: bool) -> None:
+            dest = self.layout.lost_found_for(path)
+            (os.rename if move else os.link)(path, dest)
+            set_aside.append(os.path.relpath(dest, self.layout.root))
+
+        try:
+            try:
+                meta = read_json(od / META)
+                if not isinstance(meta, dict) or meta.get("stored_name") != safe_filename(meta.get("stored_name")):
+                    raise ValueError("unusable")
+                meta = {**meta, "size": size}
+                meta_ok = True
+            except (FileNotFoundError, ValueError):
+                meta, meta_ok = new_meta(oid, name, content_type, size), False
+            stored = meta["stored_name"]
+            if not meta_ok:
+                # Without a readable meta.json nothing says which files are the bytes: set aside
+                # everything that is not the object's own furniture (its analyses, probe, pin).
+                for entry in os.listdir(od):
+                    if entry not in (THE_FILE, "analysis", "probe.json", "pinned"):
+                        keep_evidence(od / entry, move=True)
+            elif os.path.lexists(od / stored):
+                keep_evidence(od / stored, move=False)  # a link: readers keep the old bytes until the rename
+            os.rename(tmp, od / stored)
+            link_tmp = od / f".{THE_FILE}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+            os.symlink(stored, link_tmp)
+            os.rename(link_tmp, od / THE_FILE)
+            if not meta_ok or read_json(od / META).get("size") != size:
+                write_json(od / META, meta)
+            fsync_dir(od)
+            if set_aside:
+                fsync_dir(self.layout.lost_found)
+        except OSError as exc:
+            unlink_quiet(tmp)
+            raise_storage_fault(exc)
+            raise
+        where = f"; the damaged files are in {', '.join(set_aside)}" if set_aside else ""
+        log.warning("object %s was damaged (%s): healed with the bytes of a new upload%s", oid, trouble, where)
+        return {**meta, "deduplicated": False, "repaired": f"the stored copy was damaged ({trouble}) and was "
+                                                          f"replaced by these bytes{where}"}
 
     def put_file_blocking(self, path: Path, name: str | None = None,
                           content_type: str | None = None) -> dict[str, Any]:
@@ -284,11 +343,68 @@ class ObjectStore:
         return removed
 
 
+def new_meta(oid: str, name: str | None, content_type: str | None, size: int) -> dict[str, Any]:
+    original = clean_name(name)
+    stored = safe_filename(original)
+    if not content_type or content_type in ("application/octet-stream", "multipart/form-data"):
+        content_type = guess_type(stored)
+    return {
+        "file_id": oid,
+        "name": original,
+        "stored_name": stored,
+        "size": size,
+        "content_type": content_type,
+        "created": now_iso(),
+    }
+
+
+def verify_object(od: Path, oid: str, *, full: bool = True) -> tuple[int, str | None]:
+    """(bytes hashed, what is wrong or None) for the object directory ``od``.  Blocking.
+
+    Cheap checks first (meta.json, the bytes' size, the link), then, when ``full``,
+    the SHA-256 of the bytes.  Shared by fsck and the dedupe check of a put."""
+    try:
+        meta = read_json(od / META)
+    except FileNotFoundError:
+        return 0, "meta.json is missing"
+    except ValueError:
+        return 0, "meta.json is not valid JSON"
+    if not isinstance(meta, dict) or not isinstance(meta.get("stored_name"), str) \
+            or "/" in meta["stored_name"] or meta["stored_name"] in ("", ".", ".."):
+        return 0, "meta.json has no usable stored_name"
+    data = od / meta["stored_name"]
+    try:
+        on_disk = os.stat(data).st_size
+    except FileNotFoundError:
+        return 0, f"the bytes ({meta['stored_name']}) are missing"
+    if meta.get("size") != on_disk:
+        return 0, f"meta.json says {meta.get('size')} bytes, the file has {on_disk}"
+    size = 0
+    if full:
+        h = hashlib.sha256()
+        try:
+            with open(data, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            return 0, f"the bytes ({meta['stored_name']}) are missing"
+        if h.hexdigest() != oid:
+            return size, "content does not hash to its id"
+    try:
+        link = os.readlink(od / THE_FILE)
+    except OSError:
+        link = None
+    if link != meta["stored_name"]:
+        return size, f"the_file link {'is missing' if link is None else 'points to ' + link}"
+    return size, None
+
+
 def _open_exclusive(path: Path):
     try:
         return open(path, "xb")
     except OSError as exc:
-        raise_if_disk_full(exc)
+        raise_storage_fault(exc)
         raise
 
 
@@ -297,7 +413,7 @@ def _absorb(fh, hasher, data: bytearray) -> None:
     try:
         fh.write(data)
     except OSError as exc:
-        raise_if_disk_full(exc)
+        raise_storage_fault(exc)
         raise
 
 
@@ -308,7 +424,7 @@ def _finish(fh, hasher, tail: bytearray) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     except OSError as exc:
-        raise_if_disk_full(exc)
+        raise_storage_fault(exc)
         raise
     finally:
         fh.close()

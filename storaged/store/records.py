@@ -20,6 +20,12 @@ unlinks the file under the same lock.
 *What a reader sees.*  A reader needs no lock: it reads the old or the new
 record, never a torn one.
 
+*Damage.*  A record that cannot be read back (torn by a disk fault, edited
+behind the daemon's back) answers ``DamagedRecord`` (500 naming the file and
+pointing at ``storaged fsck``) to a get or an update, and is left out of
+listings, which report it (``storaged.store.damage``); nothing overwrites it
+until fsck has moved it away, so no evidence is destroyed.
+
 *What a crash leaves.*  At worst a stray ``.<I>.json.<random>.tmp`` beside the
 records (``fsck`` reports and removes it), and, for sequential ids, an id that
 was taken but never used.
@@ -34,7 +40,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-from storaged.errors import BadRequest, NotFound
+from storaged.errors import BadRequest, DamagedRecord, NotFound
+from storaged.store import damage
 from storaged.store.atomic import async_lock, fsync_dir, read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
 
@@ -119,11 +126,20 @@ class RecordStore:
             return []
         return [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
 
+    def name(self, record_id: int) -> str:
+        """The record's file relative to the data root, as errors and fsck name it."""
+        return f"{self.kind}/{int(record_id)}.json"
+
     def get_blocking(self, record_id: int) -> dict[str, Any]:
         try:
-            return read_json(self.path(record_id))
+            record = read_json(self.path(record_id))
         except FileNotFoundError:
             raise NotFound(f"{self.kind} {record_id} not found") from None
+        except ValueError as exc:
+            raise DamagedRecord(self.name(record_id), f"not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DamagedRecord(self.name(record_id), "not a JSON object")
+        return record
 
     async def get(self, record_id: int) -> dict[str, Any]:
         return await asyncio.to_thread(self.get_blocking, record_id)
@@ -157,9 +173,11 @@ class RecordStore:
         out = []
         for record_id in sorted(self._ids_on_disk()):
             try:
-                out.append(read_json(self.path(record_id)))
-            except (FileNotFoundError, ValueError):
-                continue
+                out.append(self.get_blocking(record_id))
+            except NotFound:
+                continue  # deleted since the listing
+            except DamagedRecord as exc:
+                damage.skipped(exc.extra["damaged"], "not readable")
         return out
 
     async def all(self) -> list[dict[str, Any]]:

@@ -90,7 +90,9 @@ _CAMERA_ERRORS = (("400", "malformed body, value or date, start after end, no im
 
 OPERATIONS: dict[str, dict[str, Any]] = {
     # health, documents
-    "GET /healthz": {"responses": {"200": "`{\"ok\", \"version\", \"data_dir\", \"free_bytes\"}`"}},
+    "GET /healthz": {"responses": {"200": "`{\"ok\": true, \"version\", \"data_dir\", \"free_bytes\"}`",
+                                   "503": "`{\"ok\": false, ..., \"problems\": [why]}`: the data root is not "
+                                          "writable or below `health_min_free`"}},
     "GET /openapi.json": {"responses": {"200": "this document"}},
     "GET /docs": {"responses": {"200": "an HTML page listing the routes"}},
     "GET /metrics": {"responses": {"200": "Prometheus text format"}},
@@ -330,6 +332,10 @@ def build(app: web.Application) -> dict[str, Any]:
         answers = dict(facts.get("responses", {"200": "OK"}))
         if token and template != "/healthz":
             answers.setdefault("401", "no or wrong token")
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            # Any write can meet a disk fault; one middleware maps them (storaged.api.middleware).
+            answers.setdefault("503", "the data filesystem is read-only or failing (`cause`: EROFS, EIO)")
+            answers.setdefault("507", _507[1] + " (`cause`: ENOSPC, EDQUOT)")
         op: dict[str, Any] = {
             "summary": summary.strip(),
             "operationId": method.lower() + "_" + re.sub(r"[^a-z0-9]+", "_", template.lower()).strip("_"),
