@@ -28,7 +28,7 @@ routes = web.RouteTableDef()
 
 
 CHECK_TTL = 1.0  # seconds; probes every few ms must not each cost a thread hop
-_cache: dict[str, tuple[float, int, list[str]]] = {}
+_cache: dict[tuple[str, int], tuple[float, int, list[str]]] = {}  # (root, floor) -> (when, free, problems)
 
 
 def check_data_root(layout: Layout, min_free: int) -> tuple[int, list[str]]:
@@ -58,11 +58,12 @@ async def healthz(request: web.Request) -> web.Response:
     """Liveness and readiness: version, data dir, free bytes; 503 when the data root cannot take writes."""
     layout = request.app[LAYOUT]
     root = str(layout.root)
+    floor = request.app[CONFIG].health_min_free
     now = time.monotonic()
-    cached = _cache.get(root)
+    cached = _cache.get((root, floor))
     if cached is None or now - cached[0] > CHECK_TTL:
-        free, problems = await asyncio.to_thread(check_data_root, layout, request.app[CONFIG].health_min_free)
-        cached = _cache[root] = (now, free, problems)
+        free, problems = await asyncio.to_thread(check_data_root, layout, floor)
+        cached = _cache[(root, floor)] = (now, free, problems)
     _, free, problems = cached
     body = {"ok": not problems, "version": __version__, "data_dir": root, "free_bytes": free}
     if problems:

@@ -102,6 +102,8 @@ async def upload(request: web.Request) -> web.Response:
         "content_type": meta["content_type"],
         "deduplicated": meta["deduplicated"],
         "download": download_link(meta),
+        # Only when the stored copy was found damaged and these bytes replaced it.
+        **({"repaired": meta["repaired"]} if "repaired" in meta else {}),
     })
 
 

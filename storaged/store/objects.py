@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any, AsyncIterable
 from urllib.parse import quote
 
-from storaged.errors import BadRequest, NotFound, PayloadTooLarge
+from storaged.errors import BadRequest, DamagedRecord, NotFound, PayloadTooLarge
+from storaged.store import damage
 from storaged.store.atomic import (
     TMP_SUFFIX,
     async_lock,
@@ -191,9 +192,11 @@ class ObjectStore:
                 fsync_dir(parent.parent)
             os.rename(stage, final)
             fsync_dir(parent)
-        except OSError as exc:
+        except BaseException as exc:
+            # write_json may already have turned a disk fault into its domain error.
             shutil.rmtree(stage, ignore_errors=True)
-            raise_storage_fault(exc)
+            if isinstance(exc, OSError):
+                raise_storage_fault(exc)
             raise
         return {**meta, "deduplicated": False}
 
@@ -234,9 +237,10 @@ class ObjectStore:
             fsync_dir(od)
             if set_aside:
                 fsync_dir(self.layout.lost_found)
-        except OSError as exc:
+        except BaseException as exc:
             unlink_quiet(tmp)
-            raise_storage_fault(exc)
+            if isinstance(exc, OSError):
+                raise_storage_fault(exc)
             raise
         where = f"; the damaged files are in {', '.join(set_aside)}" if set_aside else ""
         log.warning("object %s was damaged (%s): healed with the bytes of a new upload%s", oid, trouble, where)
@@ -270,9 +274,15 @@ class ObjectStore:
     def meta_blocking(self, oid: str) -> dict[str, Any]:
         check_object_id(oid)
         try:
-            return read_json(self.layout.object_dir(oid) / META)
+            meta = read_json(self.layout.object_dir(oid) / META)
         except FileNotFoundError:
             raise NotFound(f"file not found: {oid}") from None
+        except ValueError as exc:
+            raise DamagedRecord(f"{oid[:2]}/{oid[2:]}/{META}", f"not valid JSON ({exc}); uploading the "
+                                                                 "same bytes again also repairs it") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("stored_name"), str):
+            raise DamagedRecord(f"{oid[:2]}/{oid[2:]}/{META}", "not an object's meta")
+        return meta
 
     async def meta(self, oid: str) -> dict[str, Any]:
         check_object_id(oid)
@@ -299,8 +309,11 @@ class ObjectStore:
             if len(files) == limit:
                 return {"files": files, "next_cursor": last}
             try:
-                files.append(read_json(self.layout.object_dir(oid) / META))
-            except (FileNotFoundError, ValueError):
+                files.append(self.meta_blocking(oid))
+            except NotFound:
+                continue  # deleted since the listing
+            except DamagedRecord as exc:
+                damage.skipped(exc.extra["damaged"], "not readable")
                 continue
             last = oid
         return {"files": files, "next_cursor": None}

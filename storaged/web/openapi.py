@@ -102,7 +102,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "content": {"application/octet-stream": {"type": "string", "format": "binary"},
                     "multipart/form-data": {"type": "object", "required": ["file"],
                                             "properties": {"file": {"type": "string", "format": "binary"}}}},
-        "responses": _answers("`{\"file_id\", \"size\", \"name\", \"content_type\", \"deduplicated\", \"download\"}`",
+        "responses": _answers("`{\"file_id\", \"size\", \"name\", \"content_type\", \"deduplicated\", \"download\"}`, "
+                              "plus `\"repaired\"` when these bytes replaced a damaged stored copy",
                               ("400", "multipart without a `file` field"), _413, _507)},
     "GET /upload": {"query": {"limit": {"type": "integer", "minimum": 1, "maximum": 1000},
                               "cursor": {"type": "string", "description": "the previous page's next_cursor"}},

@@ -36,6 +36,7 @@ import pytest
 from storaged.app import create_app
 from storaged.config import Config
 from storaged.analyses import work as analyses
+from storaged.errors import StoragedError
 from storaged.jobs.runner import JobRunner
 from storaged.jobs.state import CONFIG as JOB_CONFIG, RESULTS, read_state
 from storaged.jobs.worker import run_job
@@ -162,8 +163,10 @@ async def sweep(root: Path, attempt: Callable[[], Awaitable[bool]],
             with faults.active():
                 try:
                     ok = await asyncio.wait_for(attempt(), 30)  # a fault must never turn into a hang
-                except (OSError, RuntimeError) as exc:
+                except (OSError, RuntimeError, StoragedError) as exc:
                     assert faults.fired, f"{kind}#{nth}: failed without a fault: {exc!r}"
+                    if isinstance(exc, StoragedError):
+                        assert exc.status == 503 and exc.extra.get("cause") == "EIO", (kind, nth, exc)
                     ok = False
             if not faults.fired:
                 assert ok, f"{kind}#{nth}: no fault was injected but the operation failed"
@@ -206,7 +209,7 @@ async def test_upload_under_io_errors(app_client, data_dir):
         if resp.status == 200:
             assert out["file_id"] == current["id"]
             return True
-        assert resp.status in (500, 507) and "error_message" in out, (resp.status, out)
+        assert resp.status == 503 and "(EIO)" in out["error_message"] and out["cause"] == "EIO", (resp.status, out)
         return False
 
     async def after_failure() -> None:
@@ -253,7 +256,7 @@ async def test_session_create_update_delete_under_io_errors(app_client, data_dir
         resp = await app_client.post("/sessions", json={"video_url": "/download/x"})
         if resp.status == 201:
             return True
-        assert resp.status in (500, 507), await resp.text()
+        assert resp.status == 503 and "(EIO)" in await resp.text(), await resp.text()
         return False
 
     fired_create = await sweep(data_dir, create)
@@ -268,7 +271,7 @@ async def test_session_create_update_delete_under_io_errors(app_client, data_dir
         resp = await app_client.put(f"/sessions/{sid}", json={"video_url": f"new-{n}"})
         if resp.status == 200:
             return True
-        assert resp.status in (500, 507), await resp.text()
+        assert resp.status == 503 and "(EIO)" in await resp.text(), await resp.text()
         return False
 
     async def update_visible() -> None:
@@ -290,7 +293,7 @@ async def test_session_create_update_delete_under_io_errors(app_client, data_dir
         if resp.status == 200:
             victims.pop()
             return True
-        assert resp.status in (500, 507), await resp.text()
+        assert resp.status == 503 and "(EIO)" in await resp.text(), await resp.text()
         return False
 
     async def still_there_or_gone() -> None:
@@ -351,7 +354,7 @@ async def test_analysis_submit_under_io_errors(app_client, data_dir):
         if resp.status == 200:
             acknowledged.append(body["analysis_id"])
             return True
-        assert resp.status in (500, 507), body
+        assert resp.status == 503 and "(EIO)" in str(body), body
         return False
 
     async def retry_succeeds() -> None:
