@@ -11,6 +11,7 @@ from aiohttp import web
 
 from storaged.api.bodies import json_object
 from storaged.api.keys import BEFORE_DELETE, JOBS, LAYOUT, OBJECTS
+from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 from storaged.analyses import work as analyses
 from storaged.jobs.state import CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState
@@ -144,10 +145,11 @@ async def download_output(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     if "/" in name or "\x00" in name or name.startswith(".") or name in PRIVATE_FILES or len(name) > 255:
         raise NotFound("no such output")
-    path = job_dir(request, file_id, aid) / name
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound("no such output")
-    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+    try:
+        return await send_file(request, job_dir(request, file_id, aid) / name,
+                                headers={"Cache-Control": "public, max-age=86400"})
+    except NotFound:
+        raise NotFound("no such output") from None
 
 
 async def cancel_all_for(app: web.Application, file_id: str) -> None:

@@ -7,10 +7,10 @@ from typing import AsyncIterator
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
-from aiohttp.helpers import ETag
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
+from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, PayloadTooLarge
 from storaged.ops.pins import is_pinned
 from storaged.store.layout import check_object_id
@@ -35,27 +35,6 @@ def page_limit(request: web.Request) -> int:
 def content_disposition(disposition: str, name: str) -> str:
     fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in name)
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-class ContentHashFileResponse(web.FileResponse):
-    """A FileResponse whose ETag is the object's content hash, not mtime+size."""
-
-    def __init__(self, path, etag: str, **kwargs) -> None:
-        super().__init__(path, **kwargs)
-        self._content_etag = etag
-
-    @property
-    def etag(self) -> ETag | None:
-        return web.StreamResponse.etag.fget(self)
-
-    @etag.setter
-    def etag(self, value) -> None:
-        web.StreamResponse.etag.fset(self, self._content_etag)
-
-
-def not_modified(request: web.Request, etag: str) -> bool:
-    tags = request.if_none_match
-    return bool(tags) and any(t.value in (etag, "*") for t in tags)
 
 
 async def _part_chunks(part: BodyPartReader, size: int) -> AsyncIterator[bytes]:
@@ -143,6 +122,4 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": content_disposition(
             "attachment" if "dl" in request.query else "inline", meta["name"]),
     }
-    if not_modified(request, file_id):
-        return web.Response(status=304, headers={**headers, "ETag": f'"{file_id}"'})
-    return ContentHashFileResponse(path, etag=file_id, headers=headers)
+    return await send_file(request, path, etag=file_id, headers=headers)

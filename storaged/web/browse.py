@@ -1,7 +1,7 @@
 """Direct browsing of the data tree: GET /data/<path>.
 
 Directories answer an HTML page (or JSON for ``Accept: application/json``);
-files are served with ``web.FileResponse`` (sendfile, Range).  A video file
+files are served by storaged.api.sendfile (sendfile, Range, conditional requests).  A video file
 links to a small page that plays it (``?play``).
 
 Containment: the request path is refused when it holds a NUL, a backslash or
@@ -22,6 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from storaged.api.keys import LAYOUT
+from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 
 VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".mts", ".m3u8"}
@@ -135,7 +136,7 @@ async def serve_tree(request: web.Request, root: Path, rel: str) -> web.StreamRe
         ext = path.suffix.lower()
         return web.Response(text=render_player(request.path, request.path.rsplit("/", 1)[-1],
                                                ext in VIDEO_EXTS), content_type="text/html")
-    return web.FileResponse(path)
+    return await send_file(request, path)
 
 
 @routes.get("/data")
