@@ -25,6 +25,7 @@ from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.tier import api as tier_api
+from storaged.uploads import api as uploads
 
 log = logging.getLogger("storaged")
 
@@ -54,7 +55,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(health.routes)
     app.add_routes(files.routes)
     app.add_routes(browse.routes)
-    for family in (analyses, sessions, streams, videostreams, camera):
+    for family in (analyses, sessions, streams, videostreams, camera, uploads):
         family.setup(app)
     ops.setup(app)
     tier_api.setup(app)

@@ -197,7 +197,8 @@ def token_middleware(token: str, throttle: AuthThrottle):
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        # A CORS preflight (OPTIONS) never carries credentials: browsers could not upload otherwise.
+        if request.path in OPEN_PATHS or request.method == "OPTIONS":
             return await handler(request)
         address = request.remote or "unknown"
         wait = throttle.retry_after(address)

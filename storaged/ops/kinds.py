@@ -463,7 +463,28 @@ def delete_upload(env: Env, item: Item) -> bool:
     return True
 
 
+# -- tus uploads: <data>/uploads/<id>/ (expiry is the uploads family's own rule) -------------
+
+def tus_upload_items(env: Env) -> Iterator[Item]:
+    from storaged.uploads import service as tus
+
+    expiry = env.config.tus_expiry
+    found = tus.all_uploads(env.layout) if env.usage else tus.expired_uploads(env.layout, expiry, env.now)
+    for e in found:
+        # mtime = the last activity, so the age step's "older than tus_expiry" means "expired"
+        yield Item("tus_uploads", e.path, env.rel(e.path), e.when - (expiry if not env.usage else 0), e.size,
+                   extra={"upload": e.upload_id})
+
+
+def delete_tus_upload(env: Env, item: Item) -> bool:
+    from storaged.uploads import service as tus
+
+    return tus.remove_expired(env.layout, env.config.tus_expiry, item.extra["upload"], env.now)
+
+
 KINDS: list[Kind] = [
+    Kind("tus_uploads", "tus_expiry", 0, tus_upload_items, delete_tus_upload,
+         "expired tus uploads (unfinished, or finished records)"),
     Kind("recordings", "retention_recordings", 0, recording_items, delete_recording,
          "recorded stream segments"),
     Kind("motion_images", "retention_motion_images", 0, motion_items, delete_motion,

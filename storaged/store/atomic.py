@@ -36,7 +36,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from filelock import AsyncFileLock, FileLock
+from filelock import AsyncFileLock, FileLock, Timeout
 
 from storaged.errors import storage_fault
 
@@ -138,13 +138,25 @@ class PathLock:
         entry[1] += 1
         self._key = key
         try:
-            await entry[0].acquire()
+            file_timeout = self.timeout
+            if self.timeout < 0:
+                await entry[0].acquire()
+            else:
+                # A bounded wait covers the queue too; the file lock gets what is left (never a
+                # cancellation mid-acquire, which could leave it held).
+                deadline = asyncio.get_running_loop().time() + self.timeout
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await entry[0].acquire()
+                except TimeoutError:
+                    raise Timeout(self.path) from None
+                file_timeout = max(0.0, deadline - asyncio.get_running_loop().time())
             try:
                 parent = os.path.dirname(self.path)
                 if parent not in _LOCK_DIRS:
                     await asyncio.to_thread(os.makedirs, parent, exist_ok=True)
                     _LOCK_DIRS.add(parent)
-                self._file = AsyncFileLock(self.path, timeout=self.timeout, preserve_lock_file=True)
+                self._file = AsyncFileLock(self.path, timeout=file_timeout, preserve_lock_file=True)
                 await self._file.acquire()
             except BaseException:
                 entry[0].release()
@@ -169,7 +181,9 @@ class PathLock:
 
 
 def async_lock(path: Path, timeout: float = -1) -> PathLock:
-    """A fresh async lock on ``path``: in-process FIFO first, then the file lock."""
+    """A fresh async lock on ``path``: in-process FIFO first, then the file lock.
+
+    ``timeout`` (seconds, >= 0) bounds the whole wait; ``filelock.Timeout`` when it runs out."""
     return PathLock(path, timeout)
 
 

@@ -158,7 +158,7 @@ class ObjectStore:
             fh = None
             oid = hasher.hexdigest()
             async with async_lock(self.layout.object_lock(oid)):
-                return await loop.run_in_executor(None, self._commit, tmp, oid, name, content_type, size)
+                return await loop.run_in_executor(None, self.publish_blocking, tmp, oid, name, content_type, size)
         except BaseException:
             if pending is not None:
                 # The buffer belongs to the thread until it is done with it.  Its own
@@ -167,8 +167,17 @@ class ObjectStore:
             await loop.run_in_executor(None, _discard, fh, tmp)
             raise
 
-    def _commit(self, tmp: Path, oid: str, name: str | None, content_type: str | None,
-                size: int) -> dict[str, Any]:
+    async def publish(self, path: Path, oid: str, name: str | None, content_type: str | None,
+                      size: int) -> dict[str, Any]:
+        """Turn a complete, fsynced file whose SHA-256 is ``oid`` into the object (see ``publish_blocking``)."""
+        async with async_lock(self.layout.object_lock(oid)):
+            return await asyncio.to_thread(self.publish_blocking, path, oid, name, content_type, size)
+
+    def publish_blocking(self, tmp: Path, oid: str, name: str | None, content_type: str | None,
+                         size: int) -> dict[str, Any]:
+        """The one way bytes become an object.  Caller holds the object's lock; ``tmp`` is on the
+        data filesystem, fsynced, and hashes to ``oid``.  It is renamed into the object (or
+        unlinked when the object exists: a dedupe).  Answers the meta plus ``deduplicated``."""
         final = self.layout.object_dir(oid)
         if final.is_dir():
             _, trouble = verify_object(final, oid)
@@ -265,7 +274,7 @@ class ObjectStore:
                 raise PayloadTooLarge(f"file larger than the limit of {self.max_size} bytes")
             oid = hasher.hexdigest()
             with sync_lock(self.layout.object_lock(oid)):
-                return self._commit(tmp, oid, name, content_type, size)
+                return self.publish_blocking(tmp, oid, name, content_type, size)
         except BaseException:
             unlink_quiet(tmp)
             raise
