@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from storaged.api.ops import JANITOR
+from storaged.ops.api import JANITOR
 from storaged.app import create_app
 from storaged.config import Config
 from tests.ops_helpers import free_bytes, mount_tmpfs, umount

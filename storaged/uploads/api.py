@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from storaged.api import openapi
+from storaged.web import openapi
 from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, StoragedError
 from storaged.store.objects import download_link
