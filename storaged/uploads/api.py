@@ -68,7 +68,11 @@ async def tus_middleware(request: web.Request, handler) -> web.StreamResponse:
     if not _is_tus_path(request.path):
         return await handler(request)
     method = request.headers.get("X-HTTP-Method-Override", request.method).upper()
-    if method in ("HEAD", "PATCH", "POST", "DELETE") and request.headers.get("Tus-Resumable") != TUS_VERSION:
+    # A URL that cannot name an upload is refused as such (400/404), whatever the protocol version.
+    upload_id = request.match_info.get("upload_id")
+    plausible = request.match_info.http_exception is None and (upload_id is None or UPLOAD_ID_RE.match(upload_id))
+    if plausible and method in ("HEAD", "PATCH", "POST", "DELETE") \
+            and request.headers.get("Tus-Resumable") != TUS_VERSION:
         resp = web.json_response({"error_message": f"unsupported Tus-Resumable "
                                   f"{request.headers.get('Tus-Resumable')!r}: this server speaks {TUS_VERSION}"},
                                  status=412, headers={"Tus-Version": TUS_VERSION})
@@ -259,6 +263,7 @@ async def terminate(request: web.Request) -> web.Response:
 @routes.post("/files/{upload_id}")
 async def method_override(request: web.Request) -> web.StreamResponse:
     """POST with `X-HTTP-Method-Override: PATCH|DELETE|HEAD`, for clients that cannot send those methods."""
+    check_upload_id(request.match_info["upload_id"])
     override = request.headers.get("X-HTTP-Method-Override", "").upper()
     handler = {"PATCH": patch, "DELETE": terminate, "HEAD": head}.get(override)
     if handler is None:
