@@ -110,8 +110,6 @@ class Config:
     tus_expiry: float = _setting(86400.0, "An unfinished tus upload expires this long after its last write (answered "
                                  "in Upload-Expires; then 410, and the janitor removes it); a finished one's "
                                  "record goes this long after it finished (0: never).", "duration")
-    tus_idle_timeout: float = _setting(60.0, "A tus PATCH whose body sends nothing for this long is ended; what "
-                                       "arrived is kept.", "duration")
     # --- operations -------------------------------------------------------
     retention_recordings: float = _setting(0.0, "Recorded stream segments older than this are deleted (0: keep "
                                            "until space runs low).", "duration")

@@ -129,20 +129,10 @@ def _partial_ids(concat: str) -> list[str]:
     return ids
 
 
-async def _body(request: web.Request) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a sender silent for tus_idle_timeout is dropped (what arrived is kept)."""
-    idle = request.app[CONFIG].tus_idle_timeout
-    content = request.content
-    while True:
-        try:
-            async with asyncio.timeout(idle if idle > 0 else None):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise StoragedError(f"no bytes for {idle:g} s: request ended, what arrived is kept",
-                                status=408) from None
-        if not chunk:
-            return
-        yield chunk
+def _body(request: web.Request) -> AsyncIterator[bytes]:
+    """The body as it arrives.  A stalled sender is cut by the connection guard (upload_min_rate): the
+    read then fails, and the service keeps what arrived."""
+    return request.content.iter_any()
 
 
 def _http_date(ts: float) -> str:
@@ -313,7 +303,7 @@ OPERATION_FACTS = {
     "PATCH /files/{upload_id}": {
         "path": {"upload_id": _ID}, "content": {OFFSET_TYPE: {"type": "string", "format": "binary"}},
         "responses": {"204": "applied: the new Upload-Offset (File-Id when complete)",
-                      "403": "a final concatenated upload", "408": "the body stalled (what arrived is kept)",
+                      "403": "a final concatenated upload",
                       "409": "Upload-Offset is not the upload's offset",
                       "413": "the body goes past Upload-Length or Tus-Max-Size", "415": "not offset+octet-stream",
                       "460": "Upload-Checksum mismatch: the chunk was discarded", **_TUS_ERRORS}},
@@ -322,7 +312,7 @@ OPERATION_FACTS = {
     "POST /files/{upload_id}": {
         "path": {"upload_id": _ID}, "content": {OFFSET_TYPE: {"type": "string", "format": "binary"}},
         "responses": {"200": "HEAD's answer", "204": "PATCH's or DELETE's answer", "403": "a final upload",
-                      "405": "no or another X-HTTP-Method-Override", "408": "the body stalled",
+                      "405": "no or another X-HTTP-Method-Override",
                       "409": "Upload-Offset mismatch", "413": "past the upload's end", "415": "wrong type",
                       "460": "checksum mismatch", **_TUS_ERRORS}},
     "GET /files/{upload_id}": {"path": {"upload_id": _ID},

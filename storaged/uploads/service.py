@@ -69,14 +69,14 @@ import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterable, Iterator
 
 from filelock import Timeout
 
 from storaged.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, StoragedError
-from storaged.store.atomic import TMP_SUFFIX, async_lock, fsync_dir, raise_if_disk_full, read_json, sync_lock, write_json
+from storaged.store.atomic import TMP_SUFFIX, async_lock, fsync_dir, raise_storage_fault, read_json, sync_lock, write_json
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, now_iso
 from storaged.uploads.layout import DATA, INFO, UploadLayout, check_upload_id, new_upload_id
@@ -250,7 +250,7 @@ class _Writer:
                 self.commit()
         except OSError as exc:
             self.failed = True
-            raise_if_disk_full(exc)
+            raise_storage_fault(exc)
             raise
         except BaseException:
             self.failed = True
@@ -268,7 +268,7 @@ class _Writer:
             self.commit(new_length)
         except OSError as exc:
             self.failed = True
-            raise_if_disk_full(exc)
+            raise_storage_fault(exc)
             raise
 
     def commit(self, new_length: int | None = None) -> None:
@@ -368,7 +368,7 @@ class Uploads:
             (stage / DATA).touch()
         except OSError as exc:
             shutil.rmtree(stage, ignore_errors=True)
-            raise_if_disk_full(exc)
+            raise_storage_fault(exc)
             raise
         return stage
 
@@ -384,7 +384,7 @@ class Uploads:
             os.rename(stage, self.paths.dir(upload_id))
             fsync_dir(root)
         except OSError as exc:
-            raise_if_disk_full(exc)
+            raise_storage_fault(exc)
             raise
 
     async def create_final(self, partials: list[str], metadata: str | None, concat: str) -> dict[str, Any]:
@@ -582,7 +582,7 @@ def _append_file(src: Path, dst: Path, hasher: Any, length: int) -> None:
                 fout.write(chunk)
                 remaining -= len(chunk)
     except OSError as exc:
-        raise_if_disk_full(exc)
+        raise_storage_fault(exc)
         raise
 
 
