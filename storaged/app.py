@@ -26,6 +26,7 @@ from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.tier import api as tier_api
 from storaged.uploads import api as uploads
+from storaged.web import landing
 
 log = logging.getLogger("storaged")
 
@@ -60,6 +61,7 @@ def create_app(config: Config) -> web.Application:
     ops.setup(app)
     tier_api.setup(app)
     app[ops.METRICS].registry.register(Collector(guard, auth, inflight))
+    landing.setup(app)
     openapi.setup(app)  # last: it describes the routes present
     return app
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -149,6 +150,35 @@ def check_analysis_id(value: str) -> str:
     if not ANALYSIS_ID_RE.match(value or ""):
         raise BadRequest("malformed analysis_id: expected 40 lowercase hex characters")
     return value
+
+
+def file_facts(object_dir: Path) -> dict[str, Any]:
+    """What finished analyses already know of a stored file, running nothing: ``duration`` (the cached
+    probe) and a ``thumbnail`` link (the middle frame of a thumbnails result), each None when unknown.
+    Blocking."""
+    facts: dict[str, Any] = {"duration": None, "thumbnail": None}
+    try:
+        facts["duration"] = ff.duration_of(read_json(object_dir / "probe.json"))
+    except (FileNotFoundError, ValueError, TypeError, AttributeError):
+        pass
+    try:
+        job_names = sorted(os.listdir(object_dir / "analysis"))
+    except (FileNotFoundError, NotADirectoryError):
+        job_names = []
+    for name in job_names:
+        try:
+            results = read_json(object_dir / "analysis" / name / "results.json")
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            continue
+        if not isinstance(results, dict) or results.get("status", "done") != "done":
+            continue
+        thumbs = results.get("thumbnails")
+        if facts["thumbnail"] is None and isinstance(thumbs, list) and thumbs:
+            facts["thumbnail"] = thumbs[len(thumbs) // 2].get("url")
+        result = results.get("result")
+        if facts["duration"] is None and isinstance(result, dict) and isinstance(result.get("duration"), (int, float)):
+            facts["duration"] = result["duration"]
+    return facts
 
 
 # -- the work (runs in the worker) -------------------------------------------------

@@ -163,6 +163,13 @@ def spaced(cam_dir: Path, lo: str, hi: str, frames: int) -> list[Path]:
     return out
 
 
+def day_images(cam_dir: Path, day: str, newest: int) -> tuple[int, list[str]]:
+    """How many images camera folder ``cam_dir`` holds for ``day`` (YYYYMMDD), and the names of the
+    ``newest`` latest ones, newest first.  Blocking."""
+    names = sorted(_day_names(cam_dir / day, "", "~"))
+    return len(names), names[:-newest - 1:-1] if newest else []
+
+
 def capture_time(path: Path, name: str | None = None) -> datetime | None:
     return time_of_name(name or path.name)
 

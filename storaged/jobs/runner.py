@@ -247,6 +247,21 @@ class JobRunner:
     def running_jobs(self) -> list[Path]:
         return list(self._running)
 
+    async def in_progress(self) -> list[tuple[Path, JobState]]:
+        """Running jobs, then queued ones in queue order, with their states (for the pages people read)."""
+        running = list(self._running)
+
+        def read() -> list[tuple[Path, JobState]]:
+            dirs = running + [d for _, d in self._entries() if d not in self._running]
+            out = []
+            for job_dir in dict.fromkeys(dirs):
+                state = read_state(job_dir)
+                if state is not None and not state.final:
+                    out.append((job_dir, state))
+            return out
+
+        return await asyncio.to_thread(read)
+
     # -- internals -------------------------------------------------------------
     def _enqueue(self, job_dir: Path, config: dict[str, Any], fresh: bool) -> None:
         job_dir.mkdir(parents=True, exist_ok=True)

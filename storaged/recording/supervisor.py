@@ -170,6 +170,21 @@ class StreamService:
                 out.append(dict(record))
         return out
 
+    async def recordings_by_day(self, stream_id: int, tz: Any = timezone.utc) -> list[dict[str, Any]]:
+        """The stream's recorded segments grouped by day in ``tz``, newest day first:
+        ``[{"day": "YYYY-MM-DD", "segments", "seconds", "bytes", "start", "end"}]`` (POSIX seconds)."""
+        segments = await asyncio.to_thread(self.index(stream_id).segments)
+        days: dict[str, dict[str, Any]] = {}
+        for seg in segments:
+            day = datetime.fromtimestamp(seg.start, tz).strftime("%Y-%m-%d")
+            d = days.setdefault(day, {"day": day, "segments": 0, "seconds": 0.0, "bytes": 0,
+                                      "start": seg.start, "end": seg.end})
+            d["segments"] += 1
+            d["seconds"] += seg.duration
+            d["bytes"] += seg.size
+            d["start"], d["end"] = min(d["start"], seg.start), max(d["end"], seg.end)
+        return sorted(days.values(), key=lambda d: d["day"], reverse=True)
+
     async def start(self, raw_id: Any) -> None:
         record = await self.record(raw_id)
         stream_id = record["id"]

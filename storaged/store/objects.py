@@ -327,6 +327,27 @@ class ObjectStore:
             last = oid
         return {"files": files, "next_cursor": None}
 
+    async def recent(self, limit: int, offset: int = 0) -> dict[str, Any]:
+        """Stored files' meta, newest first: ``{"files": [meta], "total": N}`` (for the pages people read)."""
+        return await asyncio.to_thread(self._recent_blocking, limit, offset)
+
+    def _recent_blocking(self, limit: int, offset: int) -> dict[str, Any]:
+        # meta.json is written once, when the object is committed: its mtime is the upload time.
+        stamped = []
+        for oid in self.layout.object_ids():
+            try:
+                stamped.append((os.stat(self.layout.object_dir(oid) / META).st_mtime_ns, oid))
+            except FileNotFoundError:
+                continue
+        stamped.sort(reverse=True)
+        files = []
+        for _, oid in stamped[offset:offset + limit]:
+            try:
+                files.append(read_json(self.layout.object_dir(oid) / META))
+            except (FileNotFoundError, ValueError):
+                continue
+        return {"files": files, "total": len(stamped)}
+
     # -- delete ------------------------------------------------------------
     async def delete(self, oid: str) -> None:
         check_object_id(oid)

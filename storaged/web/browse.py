@@ -12,21 +12,22 @@ real data root, so a symlink pointing outside answers 404 as if absent.
 from __future__ import annotations
 
 import asyncio
-import html
 import os
+import re
 import stat
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 from aiohttp import web
 
-from storaged.api.keys import LAYOUT
+from storaged.api.keys import LAYOUT, OBJECTS
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
+from storaged.web.landing import IMAGE_EXTS, VIDEO_EXTS, download_url, player_url
+from storaged.web.page import esc, human_size, link, page, table
 
-VIDEO_EXTS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".ts", ".mts", ".m3u8"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".webp"}
 routes = web.RouteTableDef()
 
 
@@ -68,53 +69,45 @@ def list_dir(path: Path) -> list[dict]:
     return entries
 
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
+OBJECT_DIR_RE = re.compile(r"^([0-9a-f]{2})/([0-9a-f]{62})$")
+FANOUT_RE = re.compile(r"^[0-9a-f]{2}$")
+
+# What a person needs before the hash tree: where files are found by name.
+DATA_ROOT_NOTE = (f'<p>This is the raw tree, by content hash (for tools). Files by name: '
+                  f'{link("/files/", "Files")}; streams, sessions, cameras and jobs: {link("/", "Home")}.</p>')
 
 
-PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em}}td{{padding:2px 12px}}
-td.n{{text-align:right;font-variant-numeric:tabular-nums}}video{{max-width:100%}}</style>
-</head><body><h1>{title}</h1>{body}</body></html>
-"""
-
-
-def render_listing(url_path: str, entries: list[dict]) -> str:
+def render_listing(url_path: str, mount: str, entries: list[dict], *, intro: str = "",
+                   names: dict[str, str] | None = None, heading: str | None = None) -> str:
+    """A directory page; ``names`` maps entry names to a label shown beside them (an object's original name)."""
     base = url_path if url_path.endswith("/") else url_path + "/"
+    names = names or {}
     rows = []
-    if base != "/data/":
-        rows.append('<tr><td><a href="../">../</a></td><td></td><td></td></tr>')
+    if base != mount:
+        rows.append([link("../", "../"), "", ""])
     for e in entries:
-        name = e["name"] + ("/" if e["type"] == "dir" else "")
-        href = quote(e["name"]) + ("/" if e["type"] == "dir" else "")
-        extra = ""
+        is_dir = e["type"] == "dir"
+        href = quote(e["name"]) + ("/" if is_dir else "")
+        cell = link(href, e["name"] + ("/" if is_dir else ""))
+        if e["name"] in names:
+            cell = f'<strong>{esc(names[e["name"]])}</strong><br>{cell}'
         ext = os.path.splitext(e["name"])[1].lower()
-        if e["type"] == "file" and ext in VIDEO_EXTS:
-            extra = f' (<a href="{html.escape(href)}?play">play</a>)'
-        elif e["type"] == "file" and ext in IMAGE_EXTS:
-            extra = f' (<a href="{html.escape(href)}?view">view</a>)'
-        rows.append(
-            f'<tr><td><a href="{html.escape(href)}">{html.escape(name)}</a>{extra}</td>'
-            f'<td class="n">{human_size(e["size"])}</td><td>{html.escape(e["mtime"])}</td></tr>')
-    body = "<table><tr><th>name</th><th>size</th><th>modified</th></tr>" + "".join(rows) + "</table>"
-    return PAGE.format(title=html.escape(url_path), body=body)
+        if not is_dir and ext in VIDEO_EXTS:
+            cell += f' ({link(href + "?play", "play")})'
+        elif not is_dir and ext in IMAGE_EXTS:
+            cell += f' ({link(href + "?view", "view")})'
+        rows.append([cell, human_size(e["size"]), esc(e["mtime"])])
+    body = intro + table(["name", "size", "modified"], rows, {1})
+    return page(url_path, body, heading=heading)
 
 
 def render_player(url_path: str, name: str, video: bool) -> str:
-    src = html.escape(quote(name))
+    src = esc(quote(name))
     # Browsers only autoplay muted video; controls let a person unmute.
     tag = (f'<video controls autoplay muted playsinline preload="metadata" src="{src}"></video>' if video
-           else f'<img src="{src}" alt="{html.escape(name)}" style="max-width:100%">')
+           else f'<img class="full" src="{src}" alt="{esc(name)}">')
     body = f'{tag}<p><a href="./">back</a> · <a href="{src}">download</a></p>'
-    return PAGE.format(title=html.escape(url_path), body=body)
+    return page(url_path, body, heading=name)
 
 
 def wants_json(request: web.Request) -> bool:
@@ -122,21 +115,58 @@ def wants_json(request: web.Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
-async def serve_tree(request: web.Request, root: Path, rel: str) -> web.StreamResponse:
-    """Serve ``rel`` under ``root`` as a listing, a player page or the file (shared with /shared)."""
+Describe = Callable[[web.Request, str, list[dict]], Awaitable[dict[str, Any]]]
+
+
+async def serve_tree(request: web.Request, root: Path, rel: str, describe: Describe | None = None) -> web.StreamResponse:
+    """Serve ``rel`` under ``root`` as a listing, a player page or the file (shared with /shared).
+
+    ``describe(request, rel, entries)`` may add to a directory page: ``intro`` (HTML above the
+    listing), ``names`` (labels beside entries) and ``heading`` (text).
+    """
     path = await asyncio.to_thread(resolve_inside, root, rel)
+    mount = "/" + request.path.lstrip("/").split("/", 1)[0] + "/"
     if await asyncio.to_thread(path.is_dir):
         if not request.path.endswith("/"):
             raise web.HTTPMovedPermanently(location=quote(request.path) + "/")
         entries = await asyncio.to_thread(list_dir, path)
         if wants_json(request):
             return web.json_response({"path": request.path, "entries": entries})
-        return web.Response(text=render_listing(request.path, entries), content_type="text/html")
+        extra = await describe(request, rel.strip("/"), entries) if describe else {}
+        return web.Response(text=render_listing(request.path, mount, entries, **extra), content_type="text/html")
     if "play" in request.query or "view" in request.query:
         ext = path.suffix.lower()
         return web.Response(text=render_player(request.path, request.path.rsplit("/", 1)[-1],
                                                ext in VIDEO_EXTS), content_type="text/html")
     return await send_file(request, path)
+
+
+async def describe_data(request: web.Request, rel: str, entries: list[dict]) -> dict[str, Any]:
+    """Names first: an object directory shows its original name, a fan-out folder its objects' names."""
+    objects = request.app[OBJECTS]
+    if rel == "":
+        return {"intro": DATA_ROOT_NOTE}
+    if m := OBJECT_DIR_RE.match(rel):
+        file_id = m.group(1) + m.group(2)
+        try:
+            meta = await objects.meta(file_id)
+        except (NotFound, ValueError):
+            return {}
+        actions = [link(url, "play")] if (url := player_url(meta)) else []
+        actions.append(link(download_url(meta), "download"))
+        actions.append(link(f"/upload/{file_id}", "meta (JSON)"))
+        actions.append(link(f"/results/{file_id}", "analyses (JSON)"))
+        intro = (f'<div class="facts"><span>size</span><span>{human_size(meta.get("size"))}</span>'
+                 f'<span>uploaded</span><span>{esc(meta.get("created"))}</span>'
+                 f'<span>type</span><span>{esc(meta.get("content_type"))}</span>'
+                 f'<span>id</span><span><code>{esc(file_id)}</code></span></div>'
+                 f'<p>{" · ".join(actions)}</p>')
+        return {"intro": intro, "heading": meta.get("name") or meta.get("stored_name") or file_id}
+    if FANOUT_RE.match(rel):
+        subs = [e["name"] for e in entries if e["type"] == "dir" and re.fullmatch(r"[0-9a-f]{62}", e["name"])]
+        metas = await asyncio.gather(*(objects.meta(rel + s) for s in subs), return_exceptions=True)
+        return {"names": {s: m.get("name") for s, m in zip(subs, metas) if isinstance(m, dict) and m.get("name")}}
+    return {}
 
 
 @routes.get("/data")
@@ -148,4 +178,4 @@ async def data_root(request: web.Request) -> web.StreamResponse:
 @routes.get("/data/{path:.*}")
 async def browse(request: web.Request) -> web.StreamResponse:
     """Browse the data tree: HTML/JSON listing, player page, or the file with Range."""
-    return await serve_tree(request, request.app[LAYOUT].root, request.match_info["path"])
+    return await serve_tree(request, request.app[LAYOUT].root, request.match_info["path"], describe_data)
