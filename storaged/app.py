@@ -17,7 +17,7 @@ from storaged.ops import api as ops
 from storaged.recording import api as streams
 from storaged.sessions import api as sessions
 from storaged.videostreams import api as videostreams
-from storaged.web import browse, openapi
+from storaged.web import browse, landing, openapi
 from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
 from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_middleware
 from storaged.config import Config
@@ -26,7 +26,6 @@ from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.tier import api as tier_api
 from storaged.uploads import api as uploads
-from storaged.web import landing
 
 log = logging.getLogger("storaged")
 

@@ -82,8 +82,10 @@ async def populate(base: str, data_dir: Path, work: Path) -> Showcase:
             show.running_job = f"/results/{show.image_id}/{aid}"
 
             async def running():
-                body = await _json(http, "GET", f"{base}{show.running_job}")
-                return body.get("status") == "running" and body.get("progress")
+                # a pending result is 202 with an empty body; its state is in headers
+                async with http.get(f"{base}{show.running_job}") as resp:
+                    assert resp.status == 202, resp.status
+                    return resp.headers.get("X-Job-Status") == "running" and resp.headers.get("X-Job-Progress")
             await _poll("the dummy job running with progress", running)
 
             # a session with a race and an event

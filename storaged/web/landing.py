@@ -23,7 +23,7 @@ from aiohttp import web
 
 from storaged.api.keys import CONFIG, JOBS, LAYOUT, OBJECTS
 from storaged.camera import images
-from storaged.jobs import analyses
+from storaged.analyses import work as analyses
 from storaged.web.page import esc, human_duration, human_size, human_time, link, page, plural, seg, table
 
 log = logging.getLogger("storaged.web")
@@ -146,7 +146,7 @@ def timeline_url(app: web.Application, stream_id: int) -> str | None:
 
 
 async def streams_section(request: web.Request) -> str:
-    from storaged.api.streams import STREAMS
+    from storaged.recording.api import STREAMS
     service = request.app.get(STREAMS)
     if service is None:
         return ""
@@ -183,7 +183,7 @@ def _redact(url: object) -> str:
 
 # -- sessions ------------------------------------------------------------------------------
 async def sessions_section(request: web.Request) -> str:
-    from storaged.api.sessions import SESSIONS
+    from storaged.sessions.api import SESSIONS
     service = request.app.get(SESSIONS)
     if service is None:
         return ""
@@ -206,7 +206,7 @@ async def sessions_section(request: web.Request) -> str:
 
 # -- cameras -------------------------------------------------------------------------------
 async def cameras_section(request: web.Request) -> str:
-    from storaged.api.camera import CAMERA
+    from storaged.camera.api import CAMERA
     cam = request.app.get(CAMERA)
     if cam is None:
         return ""
