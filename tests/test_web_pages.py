@@ -62,7 +62,7 @@ async def test_landing_page_shows_uploads_streams_sessions_cameras_and_jobs(show
 
 async def test_user_supplied_text_is_escaped_everywhere(showcase):
     daemon, show = showcase
-    for path in ("/", "/files/", f"/data/{show.hostile_id[:2]}/{show.hostile_id[2:]}/",
+    for path in ("/", "/library/", f"/data/{show.hostile_id[:2]}/{show.hostile_id[2:]}/",
                  f"/data/{show.hostile_id[:2]}/"):
         status, html = await get_text(daemon.url + path)
         assert status == 200, path
@@ -80,8 +80,8 @@ async def test_the_hash_tree_shows_original_names_first(showcase):
     _, fanout = await get_text(f"{daemon.url}/data/{oid[:2]}/")
     assert "<strong>Morning ride.mp4</strong>" in fanout
     _, root = await get_text(f"{daemon.url}/data/")
-    assert 'href="/files/"' in root
-    _, files = await get_text(f"{daemon.url}/files/")
+    assert 'href="/library/"' in root
+    _, files = await get_text(f"{daemon.url}/library/")
     assert "Morning ride.mp4" in files and "finish line.jpg" in files
 
 
@@ -133,7 +133,7 @@ async def test_crawl_from_home_finds_no_broken_link(showcase):
     assert not broken, f"broken links (url, status, found on): {broken}"
     reached = set(seen)
     oid = show.video_id
-    for expected in ("/files/", "/data/", "/shared/", "/docs", f"/data/{oid[:2]}/{oid[2:]}/",
+    for expected in ("/library/", "/data/", "/shared/", "/docs", f"/data/{oid[:2]}/{oid[2:]}/",
                      f"/data/{oid[:2]}/{oid[2:]}/Morning_ride.mp4?play", show.camera_image,
                      f"/sessions/{show.session_id}", f"/streams/{show.stream_id}/status"):
         assert expected in reached, f"{expected} is not linked from any page"
@@ -154,7 +154,7 @@ async def test_pages_fit_a_phone_and_the_landing_page_renders(showcase, browser)
     daemon, show = showcase
     page = await browser.new_page(**PHONE)
     oid = show.video_id
-    for path in ("/", "/files/", "/data/", f"/data/{oid[:2]}/", f"/data/{oid[:2]}/{oid[2:]}/",
+    for path in ("/", "/library/", "/data/", f"/data/{oid[:2]}/", f"/data/{oid[:2]}/{oid[2:]}/",
                  f"/data/{oid[:2]}/{oid[2:]}/analysis/"):
         await page.goto(daemon.url + path)
         widest = await page.evaluate(WIDEST)

@@ -31,7 +31,7 @@ def pages(show) -> list[tuple[str, str, dict]]:
     return [
         ("home", "/", DESKTOP),
         ("home-phone", "/", PHONE),
-        ("files", "/files/", DESKTOP),
+        ("library", "/library/", DESKTOP),
         ("object", f"/data/{oid[:2]}/{oid[2:]}/", DESKTOP),
         ("object-phone", f"/data/{oid[:2]}/{oid[2:]}/", PHONE),
         ("player", f"/data/{oid[:2]}/{oid[2:]}/Morning_ride.mp4?play", DESKTOP),

@@ -74,7 +74,7 @@ FANOUT_RE = re.compile(r"^[0-9a-f]{2}$")
 
 # What a person needs before the hash tree: where files are found by name.
 DATA_ROOT_NOTE = (f'<p>This is the raw tree, by content hash (for tools). Files by name: '
-                  f'{link("/files/", "Files")}; streams, sessions, cameras and jobs: {link("/", "Home")}.</p>')
+                  f'{link("/library/", "Library")}; streams, sessions, cameras and jobs: {link("/", "Home")}.</p>')
 
 
 def render_listing(url_path: str, mount: str, entries: list[dict], *, intro: str = "",

@@ -1,4 +1,4 @@
-"""GET / (the landing page) and GET /files/ (every upload by name, newest first).
+"""GET / (the landing page) and GET /library/ (every upload by name, newest first).
 
 The landing page is a list of sections, one async function each, rendered in
 order: ``(request) -> HTML`` (an empty string leaves the section out).  A
@@ -102,13 +102,13 @@ async def uploads_section(request: web.Request) -> str:
     if not listing["total"]:
         return ('<h2>Recent uploads</h2><p class="muted">No files yet: '
                 '<code>curl -T clip.mp4 http://HOST/upload?name=clip.mp4</code></p>')
-    more = (f'<p>{link("/files/", "all " + str(listing["total"]) + " files")}</p>'
+    more = (f'<p>{link("/library/", "all " + str(listing["total"]) + " files")}</p>'
             if listing["total"] > RECENT_UPLOADS else "")
     return ("<h2>Recent uploads</h2>" + table(FILE_HEADERS, await _file_rows(request, listing["files"]), {2, 4})
             + more)
 
 
-@routes.get("/files/")
+@routes.get("/library/")
 async def files_page(request: web.Request) -> web.Response:
     """Every stored file by name, newest first (an HTML page, `page` from 1)."""
     raw = request.query.get("page", "1")
@@ -117,20 +117,20 @@ async def files_page(request: web.Request) -> web.Response:
     pages = max(1, -(-listing["total"] // FILES_PAGE))
     nav = []
     if number > 1:
-        nav.append(link(f"/files/?page={number - 1}", "← newer"))
+        nav.append(link(f"/library/?page={number - 1}", "← newer"))
     if number < pages:
-        nav.append(link(f"/files/?page={number + 1}", "older →"))
+        nav.append(link(f"/library/?page={number + 1}", "older →"))
     body = (f'<p>{listing["total"]} files, page {min(number, pages)} of {pages}. '
             f'The same files by id: {link("/data/", "the data tree")}.</p>'
             + table(FILE_HEADERS, await _file_rows(request, listing["files"]), {2, 4})
             + f'<p>{" · ".join(nav)}</p>')
-    return web.Response(text=page("Files", body), content_type="text/html")
+    return web.Response(text=page("Library", body), content_type="text/html")
 
 
-@routes.get("/files")
+@routes.get("/library")
 async def files_redirect(request: web.Request) -> web.StreamResponse:
-    """Redirect to /files/."""
-    raise web.HTTPMovedPermanently(location="/files/")
+    """Redirect to /library/."""
+    raise web.HTTPMovedPermanently(location="/library/")
 
 
 # -- streams -------------------------------------------------------------------------------

@@ -122,9 +122,9 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                        "responses": _DOWNLOAD},
     # pages
     "GET /": {"responses": {"200": "the landing page (HTML)"}},
-    "GET /files/": {"query": {"page": {"type": "integer", "minimum": 1}},
+    "GET /library/": {"query": {"page": {"type": "integer", "minimum": 1}},
                     "responses": {"200": "every stored file by name, newest first (HTML)"}},
-    "GET /files": {"responses": {"301": "redirect to /files/"}},
+    "GET /library": {"responses": {"301": "redirect to /library/"}},
     # browsing
     "GET /data": {"responses": {"301": "redirect to /data/"}},
     "GET /data/{path}": {"query": {"play": {"type": "string"}}, "responses": _TREE},

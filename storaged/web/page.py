@@ -46,7 +46,7 @@ code,pre{background:#f3f3f3;border-radius:3px;padding:0 3px}pre{padding:.5em;ove
 }
 """
 
-NAV = (("/", "Home"), ("/files/", "Files"), ("/data/", "Data tree"), ("/shared/", "Shared"), ("/docs", "API"))
+NAV = (("/", "Home"), ("/library/", "Library"), ("/data/", "Data tree"), ("/shared/", "Shared"), ("/docs", "API"))
 
 
 def esc(value: object) -> str:
