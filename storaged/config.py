@@ -78,7 +78,7 @@ class Config:
     # --- sessions, races, events ----------------------------------------
     # --- stream recording -------------------------------------------------
     stream_segment_time: float = _setting(10.0, "Length of a recorded stream segment in seconds (cut on the "
-                                          "first keyframe after each multiple of it on the wall clock).", "duration")
+                                          "first keyframe after each multiple of it on the wall clock), at least 1 s.", "duration")
     stream_start_timeout: float = _setting(15.0, "How long /streams/<id>/start waits for the source to open "
                                            "(first segment begun) before answering `Cannot start stream`.", "duration")
     stream_io_timeout: float = _setting(10.0, "A source that sends nothing for this long ends the segmenter "

@@ -92,8 +92,9 @@ def run_dirs(data_dir: Path, sid: int) -> list[Path]:
 
 
 def listed(list_path: Path) -> list[str]:
+    """Final names of a run's list entries (ffmpeg lists the temp name it wrote)."""
     with open(list_path) as fh:
-        return [row[0] for row in csv.reader(fh) if row]
+        return [row[0].removesuffix(".part") for row in csv.reader(fh) if row]
 
 
 # -- contract: create, list, errors ------------------------------------------------------------------------
@@ -305,7 +306,7 @@ async def test_daemon_killed_while_recording_comes_back_and_keeps_recording(daem
 
 
 def test_a_segment_name_listed_twice_keeps_only_its_last_entry():
-    # ffmpeg reopened (truncated) the file for the later segment: the earlier entry's bytes are gone.
+    # An older run (names carry the second): ffmpeg reopened (truncated) the file for the later segment.
     from storaged.recording.index import parse_list
 
     text = ("r000001-20261123T202101Z.ts,8.520000,9.520000\n"
@@ -315,9 +316,10 @@ def test_a_segment_name_listed_twice_keeps_only_its_last_entry():
                                                                           ("T202103Z.ts", 10.52)]
 
 
-def test_segment_time_below_two_seconds_is_refused(config):
+def test_segment_time_below_one_second_is_refused(config):
     from storaged.app import create_app
     from storaged.config import ConfigError
 
     with pytest.raises(ConfigError, match="stream_segment_time"):
-        create_app(config.replace(stream_segment_time=1.0))
+        create_app(config.replace(stream_segment_time=0.5))
+    create_app(config.replace(stream_segment_time=1.0))

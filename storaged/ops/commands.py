@@ -33,10 +33,11 @@ def _gc(config: Config, args: argparse.Namespace) -> int:
 def _fsck_args(parser: argparse.ArgumentParser) -> None:
     add_bool_flag(parser, "--repair", "repair",
                   "move damaged items to <data>/lost+found, clear stale state, remove stray temps", default=False)
+    add_bool_flag(parser, "--deep", "deep", "also read every recorded segment with ffprobe (slow)", default=False)
 
 
 def _fsck(config: Config, args: argparse.Namespace) -> int:
-    return Fsck(Layout(config.data_dir), config, repair=args.repair).run()
+    return Fsck(Layout(config.data_dir), config, repair=args.repair, deep=args.deep).run()
 
 
 COMMANDS = {

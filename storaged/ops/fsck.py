@@ -12,7 +12,9 @@ every queue entry must name a job that still waits or runs; temp files
 (``*.tmp``) anywhere are strays once older than a minute and than
 ``temp_max_age`` (a SIGKILL leaves the temp of the write it interrupted beside
 its file; until that age it cannot be told from a write in flight), entries of
-``<data>/tmp`` once older than ``temp_max_age``.
+``<data>/tmp`` once older than ``temp_max_age``; every recorded segment against its run's list (present,
+not empty, whole TS packets, timestamps spanning the listed duration; with
+``--deep`` ffprobe reads each one too; storaged.recording.index.check_run).
 
 *Live daemon.*  fsck takes no lock for reading: objects are immutable and
 every other file is replaced by rename, so it reads whole files.  Before it
@@ -26,7 +28,10 @@ removes it when it reaps the worker).
 (a suffix ``.1``, ``.2``... when that name is taken), never deleted; a damaged
 ``results.json`` is replaced with failed results; a stale pid file is turned
 into failed results ("interrupted", like the runner does); dangling queue
-entries and stray temps are removed.
+entries and stray temps are removed; a bad or unlisted segment moves to
+``lost+found`` (so the index no longer lists it) and a run's unfinished temp
+segments are finished or removed as the daemon does at start-up (only when
+no segmenter runs for that stream).
 
 Exit status: 0 clean; 1 problems found (all repaired with ``--repair``);
 4 problems left after ``--repair``.
@@ -51,7 +56,9 @@ from storaged.jobs.state import CONFIG, FINAL, INTERRUPTED, PIDFILE, RESULTS, WO
 from storaged.ops.janitor import human
 from storaged.ops.kinds import queue_entries
 from storaged.procs import read_pidfile
-from storaged.store.atomic import TMP_SUFFIX, fsync_dir, read_json, sync_lock, unlink_quiet, write_json
+from storaged.recording import index as segment_index
+from storaged.store.atomic import (TMP_SUFFIX, fsync_dir, read_json, read_json_or, sync_lock, unlink_quiet,
+                                   write_json)
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
 from storaged.store.objects import META, THE_FILE, verify_object
 
@@ -74,7 +81,8 @@ class Problem:
 
 class Fsck:
     def __init__(self, layout: Layout, config: Config, *, repair: bool = False, out: TextIO | None = None,
-                 err: TextIO | None = None, workers: int | None = None) -> None:
+                 err: TextIO | None = None, workers: int | None = None, deep: bool = False) -> None:
+        self.deep = deep
         self.layout = layout
         self.root = layout.root
         self.config = config
@@ -83,7 +91,7 @@ class Fsck:
         self.err = err or sys.stderr
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.problems: list[Problem] = []
-        self.counts = {"objects": 0, "bytes": 0, "json": 0, "jobs": 0, "queue": 0}
+        self.counts = {"objects": 0, "bytes": 0, "json": 0, "jobs": 0, "queue": 0, "segments": 0}
         self._job_dirs: list[Path] = []
 
     # -- driver -------------------------------------------------------------------
@@ -95,10 +103,12 @@ class Fsck:
         self.walk_tree()
         self.check_jobs()
         self.check_queue()
+        self.check_segments()
         c = self.counts
         left = [p for p in self.problems if not p.repaired]
         print(f"fsck: checked {c['objects']} objects ({human(c['bytes'])}), {c['json']} JSON files, "
-              f"{c['jobs']} jobs, {c['queue']} queue entries; {len(self.problems)} problem(s)"
+              f"{c['jobs']} jobs, {c['queue']} queue entries, {c['segments']} recorded segments; "
+              f"{len(self.problems)} problem(s)"
               + (f", {len(self.problems) - len(left)} repaired" if self.repair else ""), file=self.out)
         if not self.problems:
             return 0
@@ -263,6 +273,36 @@ class Fsck:
                                       "error_message": "results.json was damaged (see lost+found)"})
                     problem.repaired += "; the job is marked failed"
         self.report(problem)
+
+    # -- recorded segments -------------------------------------------------------------
+    def check_segments(self) -> None:
+        """Every run's segments against its list (storaged.recording.index.check_run has the rules)."""
+        for sd in sorted((self.root / "streams").glob("[0-9]*")):
+            if not sd.is_dir():
+                continue
+            seg_dir = sd / "segments"
+            identity = read_pidfile(sd / "inrun.pid")
+            pid_data = read_json_or(sd / "inrun.pid", None)
+            live_run = pid_data.get("run") if identity is not None and identity.alive() \
+                and isinstance(pid_data, dict) else None
+            for run in segment_index.StreamIndex(seg_dir).runs():
+                self.counts["segments"] += len(segment_index.read_list(seg_dir / segment_index.list_name(run)))
+                finish = False
+                for path, kind, detail in segment_index.check_run(seg_dir, run, run == live_run, self.deep):
+                    problem = Problem(f"{kind} segment", self.rel(path), detail)
+                    if self.repair and kind in ("bad", "unlisted"):
+                        problem.repaired = self.to_lost_found(path)
+                        if kind == "bad":
+                            segment_index.note_absent(seg_dir, run, [f"{path.name}: {detail} (moved by fsck)"])
+                    elif self.repair and kind == "unfinished":
+                        finish = True
+                        problem.repaired = "finished or removed, as the daemon does at start-up"
+                    elif self.repair and kind == "missing":
+                        segment_index.note_absent(seg_dir, run, [f"{path.name}: lost (noted by fsck)"])
+                        problem.repaired = "noted as a known hole (clips report it as missing)"
+                    self.report(problem)
+                if finish:
+                    segment_index.finalize_run(seg_dir, run, live=False)
 
     # -- jobs and the queue -----------------------------------------------------------
     def check_jobs(self) -> None:

@@ -57,7 +57,7 @@ from storaged.ops.pins import PIN
 _HEX64 = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
 _OBJ_PATH = re.compile(r"/([0-9a-f]{2})/([0-9a-f]{62})(?=/|$)")
 _KEY = re.compile(r"^\d{8}-\d{6}$")
-_SEGMENT = re.compile(r"^r\d{6}-\d{8}T\d{6}Z\.ts$")
+_SEGMENT = re.compile(r"^r\d{6}-(?:\d{6,}|\d{8}T\d{6}Z)\.ts$")  # final names only (recording.index)
 _RUN_DIR = re.compile(r"^r(\d{6})$")
 _IMAGE = re.compile(r"^(\d{8}-\d{6})-\d{3}\.jpg$")
 CLIP_GRACE = 3600.0

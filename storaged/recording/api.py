@@ -19,11 +19,8 @@ CLIPS = web.AppKey("stream_clips", ClipService)
 routes = web.RouteTableDef()
 
 
-# ffmpeg names a segment by strftime of a coarse clock read just after the cut, so two cuts less than a
-# second apart could get the same name (and the second would overwrite the first).  Cuts come at the first
-# keyframe after each wall-clock multiple of the segment time, so with 2 s or more they fall in different
-# seconds unless the source's keyframe interval exceeds segment time - 1 s.
-MIN_SEGMENT_TIME = 2.0
+# Segment names are sequence numbers, so any length works; below a second the files only multiply.
+MIN_SEGMENT_TIME = 1.0
 
 
 def setup(app: web.Application) -> None:
@@ -39,8 +36,7 @@ def setup(app: web.Application) -> None:
 
     config = app[CONFIG]
     if config.stream_segment_time < MIN_SEGMENT_TIME:
-        raise ConfigError(f"stream_segment_time must be at least {MIN_SEGMENT_TIME:g} s: segment names carry "
-                          "their start second, and shorter segments could share a name")
+        raise ConfigError(f"stream_segment_time must be at least {MIN_SEGMENT_TIME:g} s")
     app[STREAMS] = StreamService(app[LAYOUT], config, catalogue)
     app[CLIPS] = ClipService(app[STREAMS], app[OBJECTS], config.stream_clip_wait)
     app.cleanup_ctx.append(_streams_ctx)

@@ -9,7 +9,8 @@ process is gone.  The process runs in its own session, so a daemon restart
 (even SIGKILL) does not end it; the next daemon adopts it by that identity,
 never by the pid alone.
 
-*Output.*  ffmpeg itself writes the segments and the run's list (see
+*Output.*  ffmpeg itself writes the segments (under temp names) and the
+run's list; the daemon gives finished segments their final names (see
 storaged.recording.index); stderr goes to ``<stream dir>/ffmpeg.log`` (a pipe
 would break when the daemon that read it is gone).
 
@@ -85,7 +86,7 @@ def build_argv(url: str, run: int, segment_time: float, io_timeout: float, seg_d
         "-map", "0:v?", "-map", "0:a?", "-c", "copy",
         "-f", "segment", "-segment_format", "mpegts",
         "-segment_time", f"{segment_time:g}", "-segment_atclocktime", "1",
-        "-strftime", "1", "-reset_timestamps", "1",
+        "-reset_timestamps", "1",
         "-segment_list", str(seg_dir / list_name(run)), "-segment_list_type", "csv",
         str(seg_dir / run_dir_name(run) / segment_pattern(run)),
     ]
@@ -122,8 +123,7 @@ class Segmenter:
             log.flush()
             popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
-                cwd=seg_dir, start_new_session=True, close_fds=True,
-                env={**os.environ, "TZ": "UTC0"})  # strftime names are local time: make it UTC
+                cwd=seg_dir, start_new_session=True, close_fds=True)
         identity = ProcessIdentity.of(popen.pid)
         if identity is None:  # died at once; keep a placeholder identity for bookkeeping
             identity = ProcessIdentity(pid=popen.pid, boot_id="", start_ticks=-1)

@@ -28,9 +28,14 @@ daemon stopping leaves them recording.  At start-up every stream whose state
 says ``recording`` is adopted (identity from ``inrun.pid`` still alive) or
 restarted (the run is marked lost, a new run begins).
 
-*What a crash leaves.*  A state file that may lag by one run transition; the
-segments and lists on disk are ffmpeg's and complete up to the last closed
-segment.
+*Finishing segments.*  The watchdog gives each listed segment of the live run
+its final name as soon as the list grows; a run that ends gets its remaining
+ones finished and its unfinished temp file removed; start-up does both for
+every run (storaged.recording.index has the rules).
+
+*What a crash leaves.*  A state file that may lag by one run transition;
+segments under temp names that the next start-up finishes or removes; final
+names only for complete segments.
 """
 
 from __future__ import annotations
@@ -121,13 +126,14 @@ class StreamService:
 
     # -- lifecycle ------------------------------------------------------------
     async def open(self) -> None:
-        """Adopt or restart the segmenters of every started stream."""
+        """Finish what segmenters left while no daemon ran; adopt or restart every started stream."""
         for record in await self.records.all():
             stream_id = record["id"]
             state = await self.read_state(stream_id)
+            proc, run = await asyncio.to_thread(Segmenter.adopt_blocking, self.stream_dir(stream_id))
+            await self.finalize(stream_id, live_run=proc.run if proc is not None else None)
             if not state.get("recording"):
                 continue
-            proc, run = await asyncio.to_thread(Segmenter.adopt_blocking, self.stream_dir(stream_id))
             if proc is not None:
                 log.info("stream %d: adopted segmenter pid %d (run %d)", stream_id, proc.identity.pid, run)
             elif run is not None:
@@ -146,6 +152,19 @@ class StreamService:
         self._recorders.clear()
         for r in recorders:
             await r.detach()
+
+    async def finalize(self, stream_id: int, live_run: int | None = None,
+                       runs: list[int] | None = None) -> bool:
+        """Give finished segments their final names (storaged.recording.index); True if one waits for a retry."""
+        seg_dir = self.stream_dir(stream_id) / "segments"
+
+        def work() -> bool:
+            retry = False
+            for run in runs if runs is not None else self.index(stream_id).runs():
+                retry |= idx.finalize_run(seg_dir, run, live=run == live_run)[2]
+            return retry
+
+        return await asyncio.to_thread(work)
 
     # -- API operations ---------------------------------------------------------
     async def create(self, url: Any, description: Any = None) -> dict[str, Any]:
@@ -296,7 +315,7 @@ class StreamService:
         deadline = loop.time() + self.config.stream_start_timeout
         while loop.time() < deadline:
             try:
-                if any(n.endswith(".ts") for n in await asyncio.to_thread(os.listdir, run_dir)):
+                if await asyncio.to_thread(os.listdir, run_dir):
                     return True
             except FileNotFoundError:
                 pass
@@ -306,6 +325,7 @@ class StreamService:
         return False
 
     async def _end_run(self, stream_id: int, run: int, reason: str) -> dict[str, Any] | None:
+        await self.finalize(stream_id, runs=[run])
         segments = await asyncio.to_thread(self.index(stream_id).run_segments, run)
 
         def change(state: dict[str, Any]) -> dict[str, Any] | None:
@@ -436,6 +456,7 @@ class Recorder:
         list_path = seg_dir / idx.list_name(proc.run)
         loop = asyncio.get_running_loop()
         last_key = None
+        retry = False
         last_progress = loop.time()
         began = False
         state = await svc.read_state(self.stream_id)
@@ -453,6 +474,8 @@ class Recorder:
             except FileNotFoundError:
                 key = None
             now = loop.time()
+            if key != last_key or retry:
+                retry = await svc.finalize(self.stream_id, live_run=proc.run, runs=[proc.run])
             if key != last_key:
                 last_key = key
                 last_progress = now
