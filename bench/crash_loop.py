@@ -57,7 +57,7 @@ def main() -> int:
         report = Path(tmp) / "report.json"
         env = {**os.environ, "STORAGED_CRASH_LOOPS": str(args.kills), "STORAGED_CRASH_SEED": str(args.seed),
                "STORAGED_CRASH_REPORT": str(report)}
-        argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+        argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--timeout", "0",
                 "--basetemp", str(Path(tmp) / "t"), TEST]
         if args.until:
             env["STORAGED_CRASH_DEADLINE"] = str(deadline_of(args.until))
