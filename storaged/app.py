@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from storaged.analyses import api as analyses
-from storaged.api import health
+from storaged.api import expect, health
 from storaged.api.connections import Collector, ConnectionGuard
 from storaged.camera import api as camera
 from storaged.files import api as files
@@ -18,8 +18,9 @@ from storaged.recording import api as streams
 from storaged.sessions import api as sessions
 from storaged.videostreams import api as videostreams
 from storaged.web import browse, landing, openapi
-from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS
-from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_middleware
+from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS, \
+    TOKEN_GATE
+from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_gate, token_middleware
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -34,8 +35,9 @@ def create_app(config: Config) -> web.Application:
     inflight = InFlight()
     middlewares = [inflight.middleware, errors_middleware]
     auth = AuthThrottle(config.auth_max_failures, config.auth_failure_window)
-    if config.token:
-        middlewares.append(token_middleware(config.token, auth))
+    gate = token_gate(config.token, auth) if config.token else None
+    if gate is not None:
+        middlewares.append(token_middleware(gate))
     # Uploads stream through request.content and never hit client_max_size;
     # the limit here only bounds JSON/form bodies read whole.
     app = web.Application(middlewares=middlewares, client_max_size=16 * 1024 * 1024)
@@ -43,6 +45,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[INFLIGHT] = inflight
     app[AUTH] = auth
+    app[TOKEN_GATE] = gate
     guard = app[CONNECTIONS] = ConnectionGuard(config)  # `storaged serve` admits connections through it
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
@@ -62,6 +65,7 @@ def create_app(config: Config) -> web.Application:
     app[ops.METRICS].registry.register(Collector(guard, auth, inflight))
     landing.setup(app)
     openapi.setup(app)  # last: it describes the routes present
+    expect.refuse_unroutable(app)
     return app
 
 

@@ -223,7 +223,7 @@ async def test_healthz(client, data_dir):
 async def test_unknown_route_and_method_answer_the_error_shape(client):
     resp = await client.get("/no/such/route")
     assert resp.status == 404 and "error_message" in await resp.json()
-    resp = await client.put("/upload")
+    resp = await client.patch("/upload")
     assert resp.status == 405 and "error_message" in await resp.json()
 
 

@@ -17,6 +17,9 @@ OBJECTS = web.AppKey("objects", ObjectStore)
 JOBS = web.AppKey("jobs", JobRunner)
 INFLIGHT = web.AppKey("inflight", InFlight)
 AUTH = web.AppKey("auth", AuthThrottle)
+# The token check (None without a token): a refusal response or None. Expect handlers run before
+# middlewares, so upload routes call it themselves to refuse before the body.
+TOKEN_GATE = web.AppKey("token_gate", object)
 CONNECTIONS = web.AppKey("connections", ConnectionGuard)
 
 # Coroutine functions ``hook(file_id)`` run before an object is deleted (the

@@ -173,9 +173,12 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def token_middleware(token: str, throttle: AuthThrottle):
+def token_gate(token: str, throttle: AuthThrottle) -> Callable[[web.BaseRequest], web.Response | None]:
     """Bearer token, or HTTP Basic with the token as password (so a browser can browse).
 
+    The gate answers the refusal (401, or 429 for a throttled address) or None to let the request in.
+    It is shared by the middleware and by upload routes' ``Expect: 100-continue`` handlers, which
+    run before any middleware and must refuse before the body is sent.
     Tokens are compared as SHA-256 digests with ``hmac.compare_digest``: constant time, and the
     length of the token is not revealed either.
     """
@@ -195,11 +198,10 @@ def token_middleware(token: str, throttle: AuthThrottle):
             return hmac.compare_digest(_digest(password), expected)
         return False
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def refusal(request: web.BaseRequest) -> web.Response | None:
         # A CORS preflight (OPTIONS) never carries credentials: browsers could not upload otherwise.
         if request.path in OPEN_PATHS or request.method == "OPTIONS":
-            return await handler(request)
+            return None
         address = request.remote or "unknown"
         wait = throttle.retry_after(address)
         if wait > 0:
@@ -209,11 +211,20 @@ def token_middleware(token: str, throttle: AuthThrottle):
             return resp
         header = request.headers.get("Authorization", "")
         if authorised(header):
-            return await handler(request)
+            return None
         if header:
             throttle.failed(address)
         resp = error_response(401, "unauthorized: send Authorization: Bearer <token>")
         resp.headers["WWW-Authenticate"] = 'Basic realm="storaged", charset="UTF-8"'
         return resp
+
+    return refusal
+
+
+def token_middleware(refusal: Callable[[web.BaseRequest], web.Response | None]):
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = refusal(request)
+        return refused if refused is not None else await handler(request)
 
     return middleware

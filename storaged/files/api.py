@@ -9,6 +9,7 @@ from urllib.parse import quote
 from aiohttp import BodyPartReader, web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
+from storaged.api.expect import continue_unless
 from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, PayloadTooLarge
@@ -49,14 +50,37 @@ def _disposition_filename(header: str | None) -> str | None:
     return content_disposition_filename(params, "filename")
 
 
-@routes.post("/upload")
-async def upload(request: web.Request) -> web.Response:
-    """Store a file (raw body or multipart field `file`); answers its content id."""
+def _declared_too_large(request: web.Request) -> None:
+    """A raw body whose Content-Length is over the limit can only fail: 413 before reading it."""
     store = request.app[OBJECTS]
-    chunk = request.app[CONFIG].upload_chunk_size
     declared = request.content_length
     if declared is not None and declared > store.max_size and not request.content_type.startswith("multipart/"):
         raise PayloadTooLarge(f"upload larger than the limit of {store.max_size} bytes")
+
+
+# Refuse from the head alone (token, Content-Length) before a client that asked
+# `Expect: 100-continue` sends the body.
+_EXPECT = continue_unless(_declared_too_large)
+
+
+@routes.post("/upload", expect_handler=_EXPECT)
+@routes.put("/upload", expect_handler=_EXPECT)
+async def upload(request: web.Request) -> web.Response:
+    """Store a file (raw body or multipart field `file`); answers its content id. PUT is the same
+    upload (curl -T, rclone- and S3-style clients PUT)."""
+    return await _upload(request, None)
+
+
+@routes.put("/upload/{name}", expect_handler=_EXPECT)
+async def upload_named(request: web.Request) -> web.Response:
+    """Store a raw body under the name in the path (``curl -T clip.mp4 http://…/upload/``)."""
+    return await _upload(request, request.match_info["name"])
+
+
+async def _upload(request: web.Request, path_name: str | None) -> web.Response:
+    store = request.app[OBJECTS]
+    chunk = request.app[CONFIG].upload_chunk_size
+    _declared_too_large(request)
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
         while True:
@@ -66,11 +90,12 @@ async def upload(request: web.Request) -> web.Response:
             if isinstance(part, BodyPartReader) and part.name == "file":
                 break
             await part.release()
-        name = part.filename or request.query.get("name")
+        name = part.filename or path_name or request.query.get("name")
         ctype = part.headers.get("Content-Type")
         meta = await store.put(_part_chunks(part, chunk), name, ctype)
     else:
-        name = request.query.get("name") or _disposition_filename(request.headers.get("Content-Disposition"))
+        name = (path_name or request.query.get("name")
+                or _disposition_filename(request.headers.get("Content-Disposition")))
         meta = await store.put(request.content.iter_chunked(chunk), name, request.headers.get("Content-Type"))
     for hook in request.app[AFTER_PUT]:
         await hook(meta)

@@ -105,6 +105,16 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "responses": _answers("`{\"file_id\", \"size\", \"name\", \"content_type\", \"deduplicated\", \"download\"}`, "
                               "plus `\"repaired\"` when these bytes replaced a damaged stored copy",
                               ("400", "multipart without a `file` field"), _413, _507)},
+    "PUT /upload": {
+        "query": {"name": {"type": "string", "description": "the file's name (else Content-Disposition)"}},
+        "content": {"application/octet-stream": {"type": "string", "format": "binary"}},
+        "responses": _answers("the same as `POST /upload` (curl -T, rclone- and S3-style clients PUT)",
+                              ("400", "malformed body"), _413, _507)},
+    "PUT /upload/{name}": {
+        "path": {"name": {"type": "string", "description": "the file's name"}},
+        "content": {"application/octet-stream": {"type": "string", "format": "binary"}},
+        "responses": _answers("the same as `POST /upload`, named by the path", ("400", "malformed body"),
+                              _413, _507)},
     "GET /upload": {"query": {"limit": {"type": "integer", "minimum": 1, "maximum": 1000},
                               "cursor": {"type": "string", "description": "the previous page's next_cursor"}},
                     "responses": _answers("`{\"files\": [meta], \"next_cursor\"}`", _400)},
