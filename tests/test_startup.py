@@ -71,7 +71,8 @@ def test_the_check_takes_the_installed_ffmpeg():
 
 
 @pytest.mark.parametrize("args, says", [
-    (("--stream-segment-time", "1"), "storaged: bad setting: stream_segment_time must be at least"),
+    (("--timezone", "Mars/Base"), "storaged: bad setting: unknown time zone 'Mars/Base'"),
+    (("--cameras", "garbage"), "storaged: bad setting: cameras: expected N=URL, got 'garbage'"),
     (("--port", "eighty"), "storaged: setting port:"),
     (("--health-min-free", "lots"), "storaged: setting health_min_free: not a size: 'lots'"),
 ])
