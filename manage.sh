@@ -24,6 +24,11 @@ system_deps() {
     local missing=()
     command -v ffmpeg >/dev/null 2>&1 && command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    # The README's examples run in the tests (tests/test_readme.py) with the clients they show.
+    local tool
+    for tool in curl wget jq; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     # systemd-analyze: tests/test_systemd_unit.py rates the unit's hardening offline.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
