@@ -21,6 +21,7 @@ from storaged.web import browse, landing, openapi
 from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS, \
     TOKEN_GATE
 from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_gate, token_middleware
+from storaged.api.keys import ENSURE_LOCAL, READ_THROUGH  # hooks the storage tier fills
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -51,6 +52,8 @@ def create_app(config: Config) -> web.Application:
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
     app[BEFORE_DELETE] = []
     app[AFTER_PUT] = []
+    app[READ_THROUGH] = []
+    app[ENSURE_LOCAL] = []
     app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout,
                           use_zygote=config.job_zygote)
     app.cleanup_ctx.append(_store_ctx)

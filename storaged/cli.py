@@ -17,6 +17,7 @@ from aiohttp import web
 
 from storaged import __version__, config as config_mod, logs, sdnotify
 from storaged.ops import commands as ops_commands
+from storaged.tier import restore as tier_restore
 
 log = logging.getLogger("storaged")
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Other commands register here: name -> (help, add_arguments(parser), run(config, args) -> exit code).
 COMMANDS: dict = {}
 COMMANDS.update(ops_commands.COMMANDS)  # gc, fsck
+COMMANDS.update(tier_restore.COMMANDS)  # restore --from-remote
 
 
 def main(argv: list[str] | None = None) -> int:

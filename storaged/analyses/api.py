@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from storaged.api.bodies import json_object
-from storaged.api.keys import BEFORE_DELETE, JOBS, LAYOUT, OBJECTS
+from storaged.api.keys import BEFORE_DELETE, ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 from storaged.analyses import work as analyses
@@ -77,6 +77,8 @@ async def analyse(request: web.Request) -> web.Response:
     # Under the object's lock, so a concurrent DELETE /upload cannot leave a job in a vanished object.
     async with async_lock(layout.object_lock(file_id)):
         meta = await request.app[OBJECTS].meta(file_id)
+        for hook in request.app[ENSURE_LOCAL]:  # evicted bytes come back from the storage tier first
+            await hook(file_id, meta)
         state = await request.app[JOBS].submit(
             job_dir(request, file_id, aid), analyses.KIND, args, retry=retry,
             meta={"file_id": file_id, "analysis": analysis.name, "analysis_id": aid,

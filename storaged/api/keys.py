@@ -29,3 +29,12 @@ BEFORE_DELETE = web.AppKey("before_delete", list)
 # Coroutine functions ``hook(meta)`` run after an upload stored an object (the
 # storage tier queues it).  Families append theirs.
 AFTER_PUT = web.AppKey("after_put", list)
+
+# Coroutine functions ``hook(request, file_id, meta, headers)`` asked, in order,
+# to answer for an object whose bytes are not on the disk (the storage tier
+# streams them from its bucket); each answers a response or None.
+READ_THROUGH = web.AppKey("read_through", list)
+
+# Coroutine functions ``hook(file_id, meta)`` run, holding the object's lock,
+# before work reads an object's bytes (the storage tier fetches evicted bytes back).
+ENSURE_LOCAL = web.AppKey("ensure_local", list)

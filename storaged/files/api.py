@@ -10,7 +10,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from storaged.api.expect import continue_unless
-from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS, READ_THROUGH
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, PayloadTooLarge
 from storaged.ops.pins import is_pinned
@@ -147,4 +147,10 @@ async def download(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": content_disposition(
             "attachment" if "dl" in request.query else "inline", meta["name"]),
     }
+    if request.app[READ_THROUGH] and not await asyncio.to_thread(path.exists):
+        # Evicted to the storage tier: served from there.
+        for hook in request.app[READ_THROUGH]:
+            response = await hook(request, file_id, meta, headers)
+            if response is not None:
+                return response
     return await send_file(request, path, etag=file_id, headers=headers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from storaged.config import Config, ConfigError, add_bool_flag
 from storaged.ops.fsck import Fsck
@@ -34,10 +35,26 @@ def _fsck_args(parser: argparse.ArgumentParser) -> None:
     add_bool_flag(parser, "--repair", "repair",
                   "move damaged items to <data>/lost+found, clear stale state, remove stray temps", default=False)
     add_bool_flag(parser, "--deep", "deep", "also read every recorded segment with ffprobe (slow)", default=False)
+    add_bool_flag(parser, "--remote", "remote",
+                  "also check the storage tier's copies: size, sha256 and ETag of every object recorded remote",
+                  default=False)
+    parser.add_argument("--remote-sample", type=int, default=0, metavar="N",
+                        help="with --remote: also download N random remote copies and hash their bytes")
 
 
 def _fsck(config: Config, args: argparse.Namespace) -> int:
-    return Fsck(Layout(config.data_dir), config, repair=args.repair, deep=args.deep).run()
+    status = Fsck(Layout(config.data_dir), config, repair=args.repair, deep=args.deep).run()
+    if args.remote or args.remote_sample:
+        from storaged.tier.check import check_remote
+
+        try:
+            remote_problems = check_remote(Layout(config.data_dir), config, sys.stdout, args.remote_sample)
+        except ConfigError as exc:
+            print(f"storaged fsck --remote: {exc}", file=sys.stderr)
+            return 2
+        if remote_problems:
+            status = max(status, 1)
+    return status
 
 
 COMMANDS = {

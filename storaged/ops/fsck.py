@@ -61,6 +61,8 @@ from storaged.store.atomic import (TMP_SUFFIX, fsync_dir, read_json, read_json_o
                                    write_json)
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
 from storaged.store.objects import META, THE_FILE, verify_object
+from storaged.tier.evict import verified_remote
+from storaged.tier.sources import remote_state
 
 TEMP_GRACE = 60.0
 QUEUE_GRACE = 60.0
@@ -153,6 +155,10 @@ class Fsck:
         size, trouble = verify_object(od, oid)
         if trouble is not None and not od.exists():
             return oid, 0, None  # deleted meanwhile
+        if trouble is not None and trouble.startswith("the bytes (") and trouble.endswith(") are missing"):
+            meta = read_json_or(od / META, None) or {}
+            if verified_remote(remote_state(self.layout, oid), oid, meta.get("size")):
+                return oid, 0, None  # evicted: the storage tier holds the verified bytes (fsck --remote checks them)
         return oid, size, trouble
 
     def _damaged_object(self, oid: str, trouble: str) -> None:

@@ -39,6 +39,7 @@ from filelock import Timeout
 from storaged.config import Config, ConfigError, parse_size
 from storaged.ops.kinds import KINDS, Env, Item, Kind, scan_guard, tree_size
 from storaged.store.layout import Layout
+from storaged.tier.evict import kinds_for as eviction_kinds
 
 log = logging.getLogger("storaged.janitor")
 
@@ -113,7 +114,8 @@ class Janitor:
     def __init__(self, layout: Layout, config: Config, kinds: list[Kind] | None = None) -> None:
         self.layout = layout
         self.config = config
-        self.kinds = list(kinds or KINDS)
+        # The storage tier's eviction goes first: it frees space without losing anything.
+        self.kinds = list(kinds) if kinds else eviction_kinds(config) + list(KINDS)
         parse_min_free(config.min_free, 100)  # a bad setting fails at start, not in a pass
         self.passes = 0
         self.deleted_files: Counter[str] = Counter()

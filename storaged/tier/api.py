@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from typing import AsyncIterator
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from storaged.web import openapi
-from storaged.api.keys import AFTER_PUT, CONFIG, LAYOUT
+from storaged.api.keys import AFTER_PUT, CONFIG, ENSURE_LOCAL, LAYOUT, READ_THROUGH
+from storaged.errors import StoragedError
+from storaged.store.atomic import async_lock
 from storaged.ops.api import METRICS
 from storaged.tier import settings as tier_settings
-from storaged.tier.service import Tier
+from storaged.tier.client import TierError
+from storaged.tier.evict import bytes_key
+from storaged.tier.service import Tier, evicted, fetch_back_blocking
 
 log = logging.getLogger("storaged.tier")
 
@@ -32,6 +38,8 @@ def setup(app: web.Application) -> None:
     tier = Tier(app[LAYOUT], tier_settings.load(config))
     app[TIER] = tier
     app[AFTER_PUT].append(lambda meta: tier.enqueue("objects", meta["file_id"]))
+    app[READ_THROUGH].append(read_through)
+    app[ENSURE_LOCAL].append(lambda oid, meta: ensure_local(tier, oid, meta))
     app.cleanup_ctx.append(_tier_ctx)
 
 
@@ -42,6 +50,61 @@ async def _tier_ctx(app: web.Application) -> AsyncIterator[None]:
              f" at {tier.settings.endpoint}" if tier.settings.endpoint else "", tier.settings.box)
     yield
     await tier.close()
+
+
+_RANGE = re.compile(r"bytes=(\d+-\d*|-\d+)")
+
+
+class TierUnavailable(StoragedError):
+    status = 503
+
+
+async def read_through(request: web.Request, oid: str, meta: dict, headers: dict) -> web.StreamResponse | None:
+    """Serve an evicted object's bytes from the bucket (Range passed on), or redirect to a presigned URL.
+
+    None when the object is not evicted (the caller answers as without a tier).
+    """
+    tier = request.app.get(TIER)
+    if tier is None or not await asyncio.to_thread(evicted, request.app[LAYOUT], oid, meta):
+        return None
+    if any(tag.value in (oid, "*") for tag in request.if_none_match or ()):
+        return web.Response(status=304, headers={**headers, "ETag": f'"{oid}"'})
+    key = tier.settings.shared_key(bytes_key(oid))
+    if tier.settings.redirect:
+        url = await asyncio.to_thread(tier.s3.presign, key, 3600, ResponseContentType=meta["content_type"],
+                                      ResponseContentDisposition=headers.get("Content-Disposition", "inline"))
+        return web.Response(status=307, headers={"Location": url, "Cache-Control": "no-store"})
+    wanted = (request.headers.get("Range") or "").strip()
+    wanted = wanted if _RANGE.fullmatch(wanted) else None  # multi-range or malformed: the whole body
+    try:
+        answer, body = await asyncio.to_thread(tier.s3.get, key, wanted)
+    except TierError as exc:
+        if exc.status == 416 or exc.code == "InvalidRange":
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{meta['size']}"})
+        raise TierUnavailable(f"the file is in the storage tier, which cannot be read now: {exc}") from None
+    response = web.StreamResponse(status=206 if answer.get("ContentRange") else 200,
+                                  headers={**headers, "ETag": f'"{oid}"', "Accept-Ranges": "bytes"})
+    response.content_type = meta["content_type"]
+    response.content_length = answer["ContentLength"]
+    if answer.get("ContentRange"):
+        response.headers["Content-Range"] = answer["ContentRange"]
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            while chunk := await asyncio.to_thread(body.read, 1 << 20):
+                await response.write(chunk)
+        await response.write_eof()
+    finally:
+        await asyncio.to_thread(body.close)
+    return response
+
+
+async def ensure_local(tier: Tier, oid: str, meta: dict) -> None:
+    """Fetch an evicted object back before work that reads it (the caller holds the object's lock)."""
+    try:
+        await asyncio.to_thread(fetch_back_blocking, tier, oid, meta)
+    except TierError as exc:
+        raise TierUnavailable(f"the file is in the storage tier, which cannot be read now: {exc}") from None
 
 
 @routes.get("/tier")

@@ -290,7 +290,7 @@ class Tier:
         for up in item.uploads:
             files[up.rel] = self._send(name, entry, up)
         record = {"bucket": self.settings.bucket, "endpoint": self.settings.endpoint or "",
-                  "box": self.settings.box, "files": files, "verified": now_iso()}
+                  "box": self.settings.box, "files": files, "verified": now_iso(), **item.extra}
         if item.record is not None:
             write_json(item.record, record)
         self._drop(name)
@@ -430,3 +430,60 @@ def _sha256_file(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+# -- reading back (evicted objects) ----------------------------------------------------
+
+def evicted(layout: Layout, oid: str, meta: dict[str, Any]) -> bool:
+    """True when the object's bytes are not here but verified in the tier."""
+    from storaged.tier.evict import verified_remote
+    from storaged.tier.sources import remote_state
+
+    return not (layout.object_dir(oid) / meta["stored_name"]).exists() and \
+        verified_remote(remote_state(layout, oid), oid, meta.get("size"))
+
+
+def fetch_back_blocking(tier: "Tier", oid: str, meta: dict[str, Any]) -> bool:
+    """Bring an evicted object's bytes back from the bucket (the caller holds the object's lock).
+
+    The bytes are downloaded into ``<data>/tmp``, fsynced, must hash to the id, and are then renamed
+    into the object directory: a crash leaves a temp file, never wrong bytes under the object's name.
+    False when the object is not evicted.
+    """
+    import secrets
+
+    from storaged.store.atomic import TMP_SUFFIX, fsync_dir
+    from storaged.tier.evict import bytes_key
+
+    layout = tier.layout
+    final = layout.object_dir(oid) / meta["stored_name"]
+    if final.exists() or not evicted(layout, oid, meta):
+        return False
+    tmp = layout.tmp / f"fetch-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    try:
+        with open(tmp, "xb") as fh:
+            hasher = _HashingWriter(fh)
+            tier.s3.download(tier.settings.shared_key(bytes_key(oid)), hasher)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if hasher.hexdigest() != oid:
+            raise TierError(f"the bucket's copy of {oid} does not hash to its id", "RemoteDamage")
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        unlink_quiet(tmp)
+    log.info("storage tier: fetched %s back from the bucket (%d bytes)", oid, meta.get("size", 0))
+    return True
+
+
+class _HashingWriter:
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.h = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        return self.fh.write(data)
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()

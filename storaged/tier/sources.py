@@ -16,6 +16,7 @@ other's).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -43,6 +44,7 @@ class Item:
     ident: str               # unique within the family, safe as a file name
     uploads: list[Upload] = field(default_factory=list)
     record: Path | None = None   # where remote.json is written once every upload is verified
+    extra: dict = field(default_factory=dict)  # kept in the record (e.g. the version of the file sent)
 
     @property
     def size(self) -> int:
@@ -94,4 +96,125 @@ def remote_state(layout: Layout, oid: str) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
-SOURCES: list[TierSource] = [ObjectSource()]
+# -- a box's own files: records, recordings, camera images, exports, finished analyses ---------
+
+_SAFE_REL = re.compile(r"[A-Za-z0-9._~+-]+(/[A-Za-z0-9._~+-]+)*")
+_RECORD = re.compile(r"\d+\.json")
+_SEGMENT_LIST = re.compile(r"r\d{6}\.csv")
+_IMAGE = re.compile(r"\d{8}-\d{6}-\d{3}\.jpg")
+
+
+def _names(path: Path, dirs: bool = False) -> list[str]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if not e.name.startswith(".")
+                          and (e.is_dir(follow_symlinks=False) if dirs else e.is_file(follow_symlinks=False)))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def record_files(root: Path) -> Iterator[str]:
+    """Records (sessions, races, events, videostreams, streams) and a stream's state."""
+    for kind in ("sessions", "races", "events", "videostreams", "streams"):
+        for name in _names(root / kind):
+            if _RECORD.fullmatch(name):
+                yield f"{kind}/{name}"
+    for sid in _names(root / "streams", dirs=True):
+        if sid.isdigit() and (root / "streams" / sid / "state.json").exists():
+            yield f"streams/{sid}/state.json"
+
+
+def recording_files(root: Path) -> Iterator[str]:
+    """Completed segments (listed in their run's list, which ffmpeg writes as each one closes) and the lists."""
+    for sid in _names(root / "streams", dirs=True):
+        seg_dir = root / "streams" / sid / "segments"
+        for name in _names(seg_dir):
+            if not _SEGMENT_LIST.fullmatch(name):
+                continue
+            yield f"streams/{sid}/segments/{name}"
+            try:
+                listed = {line.split(",", 1)[0] for line in (seg_dir / name).read_text().splitlines() if line}
+            except OSError:
+                continue
+            run = name[:-4]
+            for seg in sorted(listed):
+                if _SAFE_REL.fullmatch(seg) and (seg_dir / run / seg).is_file():
+                    yield f"streams/{sid}/segments/{run}/{seg}"
+
+
+def camera_files(root: Path) -> Iterator[str]:
+    """Motion images and the exports in ``shared/captures``."""
+    for cam in _names(root / "camera", dirs=True):
+        if not cam.isdigit():
+            continue
+        for day in _names(root / "camera" / cam, dirs=True):
+            for name in _names(root / "camera" / cam / day):
+                if _IMAGE.fullmatch(name):
+                    yield f"camera/{cam}/{day}/{name}"
+    for name in _names(root / "shared" / "captures"):
+        yield f"shared/captures/{name}"
+
+
+def analysis_files(root: Path) -> Iterator[str]:
+    """Finished analysis jobs: results.json (written last) and their outputs."""
+    layout = Layout(root)
+    for oid in layout.object_ids():
+        base = layout.object_dir(oid) / "analysis"
+        for aid in _names(base, dirs=True):
+            job = base / aid
+            if not (job / "results.json").exists() or (job / "inrun.pid").exists():
+                continue
+            for name in _names(job):
+                yield f"{oid[:2]}/{oid[2:]}/analysis/{aid}/{name}"
+
+
+class TreeFiles:
+    """A family's own files, each its own item under the box's keys.
+
+    Their remote state is recorded in ``<data>/tier/remote/<path>.json`` with the
+    size and mtime the file had: a record rewritten since (a PUT on a session) is
+    sent again; the bucket keeps the last version sent (deletions are not sent).
+    """
+
+    def __init__(self, family: str, walk) -> None:
+        self.family = family
+        self.walk = walk
+
+    @staticmethod
+    def ledger(layout: Layout, rel: str) -> Path:
+        return layout.root / "tier" / "remote" / f"{rel}.json"
+
+    def pending(self, layout: Layout) -> Iterator[str]:
+        for rel in self.walk(layout.root):
+            if not _SAFE_REL.fullmatch(rel) or ".." in rel.split("/"):
+                continue
+            try:
+                st = os.stat(layout.root / rel)
+            except OSError:
+                continue
+            done = read_json_or(self.ledger(layout, rel), None)
+            if not isinstance(done, dict) or done.get("version") != [st.st_size, st.st_mtime_ns]:
+                yield rel.replace("/", "~")
+
+    def item(self, layout: Layout, ident: str) -> Item | None:
+        rel = ident.replace("~", "/")
+        if not _SAFE_REL.fullmatch(rel) or ".." in rel.split("/"):
+            return None
+        path = layout.root / rel
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        ledger = self.ledger(layout, rel)
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        return Item(self.family, ident, [Upload(rel, path, "box", st.st_size)], ledger,
+                    {"version": [st.st_size, st.st_mtime_ns]})
+
+
+SOURCES: list[TierSource] = [
+    ObjectSource(),
+    TreeFiles("records", record_files),
+    TreeFiles("recordings", recording_files),
+    TreeFiles("camera", camera_files),
+    TreeFiles("analyses", analysis_files),
+]

@@ -22,9 +22,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from storaged.api.keys import LAYOUT, OBJECTS
+from storaged.api.keys import LAYOUT, OBJECTS, READ_THROUGH
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
+from storaged.store.objects import THE_FILE
 from storaged.web.landing import IMAGE_EXTS, VIDEO_EXTS, download_url, player_url
 from storaged.web.page import esc, human_size, link, page, table
 
@@ -178,4 +179,33 @@ async def data_root(request: web.Request) -> web.StreamResponse:
 @routes.get("/data/{path:.*}")
 async def browse(request: web.Request) -> web.StreamResponse:
     """Browse the data tree: HTML/JSON listing, player page, or the file with Range."""
-    return await serve_tree(request, request.app[LAYOUT].root, request.match_info["path"], describe_data)
+    rel = request.match_info["path"]
+    try:
+        return await serve_tree(request, request.app[LAYOUT].root, rel, describe_data)
+    except NotFound:
+        response = await _evicted_bytes(request, rel)
+        if response is None:
+            raise
+        return response
+
+
+_OBJECT_FILE = re.compile(r"([0-9a-f]{2})/([0-9a-f]{62})/([^/]+)")
+
+
+async def _evicted_bytes(request: web.Request, rel: str) -> web.StreamResponse | None:
+    """An object's bytes (by their name or ``the_file``) evicted to the storage tier: served from there."""
+    match = _OBJECT_FILE.fullmatch(rel)
+    if match is None or not request.app[READ_THROUGH]:
+        return None
+    oid = match.group(1) + match.group(2)
+    try:
+        meta = await request.app[OBJECTS].meta(oid)
+    except NotFound:
+        return None
+    if match.group(3) not in (meta["stored_name"], THE_FILE) or "play" in request.query or "view" in request.query:
+        return None
+    for hook in request.app[READ_THROUGH]:
+        response = await hook(request, oid, meta, {})
+        if response is not None:
+            return response
+    return None
