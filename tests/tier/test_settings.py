@@ -47,5 +47,5 @@ def test_daemon_refuses_to_start_with_an_unsafe_credentials_file(tmp_path: Path)
                           "--port", "0", "--tier-bucket", "b", "--tier-credentials-file", str(creds)],
                          capture_output=True, text=True, timeout=60, env={**os.environ, "AWS_ACCESS_KEY_ID": ""})
     assert run.returncode == 2
-    assert run.stderr.startswith("storaged: tier_credentials_file")
+    assert run.stderr.startswith("storaged: ") and "tier_credentials_file" in run.stderr
     assert "readable by others (mode 640); chmod 600 it" in run.stderr
