@@ -26,9 +26,11 @@ The rules (each a setting, nginx's defaults; one guard per served app):
   for at most ``REFUSE_LINGER`` seconds, so the close is not a reset that could destroy
   the 503 before the client reads it.  Connections already served are not touched.
 
-Who waits: nobody.  One sweep task checks every connection's deadlines about four
-times per shortest timeout (at most once a second): no timer per connection, O(open
-connections) per sweep, nothing blocking.  Counters are exported on /metrics.
+Who waits: nobody.  A head has its own timer (so a slowloris's connections expire
+spread out as they came, each in a short callback); one sweep task checks the body
+and send rules of every connection about four times per shortest timeout (at most
+once a second, yielding every ``SWEEP_BATCH`` connections).  Counters are exported on
+/metrics.
 
 This leans on aiohttp's ``RequestHandler`` internals (read from aiohttp 3.14's
 ``web_protocol.py``): ``_messages`` (parsed heads waiting for the handler task),
@@ -57,6 +59,7 @@ from storaged.config import Config
 log = logging.getLogger("storaged.http")
 
 REFUSE_LINGER = 1.0
+SWEEP_BATCH = 100
 REASONS = ("header_timeout", "keepalive_timeout", "slow_upload", "send_timeout")
 _TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
 _REFUSAL_BODY = json.dumps({"error_message": "too many connections: try again later"}).encode()
@@ -84,7 +87,7 @@ class ConnectionGuard:
         self.stats = ConnectionStats()
         self.connections: set[GuardedHandler] = set()
         self._sweeper: asyncio.Task | None = None
-        shortest = min(t for t in (config.header_timeout, config.upload_rate_window, config.send_timeout,
+        shortest = min(t for t in (config.upload_rate_window, config.send_timeout,
                                    config.keepalive_timeout, 4.0) if t > 0)
         self.interval = min(1.0, max(0.05, shortest / 4))
 
@@ -116,12 +119,14 @@ class ConnectionGuard:
         while True:
             await asyncio.sleep(self.interval)
             now = loop.time()
-            for conn in list(self.connections):
+            for n, conn in enumerate(list(self.connections), 1):
                 reason = conn.overdue(now)
                 if reason is not None:
                     self.stats.closed[reason] += 1
                     log.debug("closing %s: %s", conn.peer, reason)
                     conn.cut(reason)
+                if n % SWEEP_BATCH == 0:
+                    await asyncio.sleep(0)  # a sweep through thousands of connections lets requests in
 
 
 class GuardedHandler(RequestHandler):
@@ -132,6 +137,7 @@ class GuardedHandler(RequestHandler):
         self.guard = guard
         self.peer = "?"
         self.head_deadline: float | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
         self.body: Any = None  # the payload of the request whose body is being received
         self.body_bytes = 0
         self.window_start = 0.0
@@ -141,8 +147,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        now = self._loop.time()
-        self.head_deadline = now + self.guard.header_timeout if self.guard.header_timeout > 0 else None
+        self._arm_head(self._loop.time())
         self._stop_idle_timer()  # the first request is under the head rule from accept
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -152,6 +157,7 @@ class GuardedHandler(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.guard.connections.discard(self)
         self.body = None
+        self._disarm_head()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -159,16 +165,36 @@ class GuardedHandler(RequestHandler):
         in_body = self.body is not None and not self.body.is_eof()
         if in_body:
             self.body_bytes += len(data)
-        elif data and self.head_deadline is None and self.guard.header_timeout > 0:
-            self.head_deadline = now + self.guard.header_timeout  # a new head begins: idle is over
+        elif data and self.head_deadline is None:
+            self._arm_head(now)  # a new head begins: idle is over
             self._stop_idle_timer()
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:  # at least one head completed
-            self.head_deadline = None
+            self._disarm_head()
             payload = self._messages[-1][1]
             if not payload.is_eof():
                 self.body, self.body_bytes, self.window_start = payload, 0, now
+
+    def _arm_head(self, now: float) -> None:
+        # A timer per head, not the sweep: heads of a slowloris expire spread out as they were
+        # opened, each its own short callback, instead of thousands in one sweep.
+        if self.guard.header_timeout > 0:
+            self.head_deadline = now + self.guard.header_timeout
+            self.head_timer = self._loop.call_at(self.head_deadline, self._head_expired)
+
+    def _disarm_head(self) -> None:
+        self.head_deadline = None
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_expired(self) -> None:
+        self.head_timer = None
+        if self.transport is not None and self.head_deadline is not None:
+            self.guard.stats.closed["header_timeout"] += 1
+            log.debug("closing %s: header_timeout", self.peer)
+            self.cut("header_timeout")
 
     def _stop_idle_timer(self) -> None:
         if self._keepalive_handle is not None:
@@ -186,8 +212,6 @@ class GuardedHandler(RequestHandler):
         if self.transport is None:
             return None
         guard = self.guard
-        if self.head_deadline is not None and now >= self.head_deadline:
-            return "header_timeout"
         if self.body is not None:
             if self.body.is_eof():
                 self.body = None
