@@ -8,7 +8,7 @@ import pytest
 
 from storaged.errors import BadRequest
 from storaged.videostreams import times
-from storaged.videostreams.timeindex import TimeIndex
+from storaged.store.timeindex import TimeIndex
 
 HOUR = 3600 * 1_000_000
 SPAN = 60 * 24 * HOUR

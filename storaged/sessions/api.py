@@ -45,13 +45,45 @@ def _float_param(query, name: str) -> float | None:
     return value
 
 
-def event_filters(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+PAGING = ("limit", "cursor")
+MAX_PAGE = 10_000
+
+
+def paging(request: web.Request) -> dict[str, int | None]:
+    """``limit`` (1..10000, default: everything) and ``cursor`` (the last id of the previous page)."""
     query = request.query
-    for key in query:
+    out: dict[str, int | None] = {"limit": None, "after": None}
+    if "limit" in query:
+        raw = query["limit"]
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+            raise BadRequest(f"limit must be an integer between 1 and {MAX_PAGE}, not {raw!r}")
+        out["limit"] = int(raw)
+    if "cursor" in query:
+        out["after"] = _service(request).sessions.parse_id(query["cursor"], "cursor")
+    return out
+
+
+def list_response(request: web.Request, page: tuple[bytes, int | None]) -> web.Response:
+    """A JSON array (the contract's shape); a further page is announced in ``Link`` and ``X-Next-Cursor``."""
+    body, next_cursor = page
+    headers = {}
+    if next_cursor is not None:
+        url = request.rel_url.update_query(cursor=str(next_cursor))
+        headers = {"Link": f'<{url}>; rel="next"', "X-Next-Cursor": str(next_cursor)}
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def only(request: web.Request, allowed: tuple[str, ...]) -> None:
+    for key in request.query:
         if key not in allowed:
             raise BadRequest(f"unknown query parameter '{key}' (allowed: {', '.join(allowed)})")
+
+
+def event_filters(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    query = request.query
+    only(request, allowed + PAGING)
     svc = _service(request)
-    out: dict[str, Any] = {
+    out: dict[str, Any] = {**paging(request),
         "t_from": _float_param(query, "from"),
         "t_to": _float_param(query, "to"),
         "type": query.get("type"),
@@ -65,8 +97,9 @@ def event_filters(request: web.Request, allowed: tuple[str, ...]) -> dict[str, A
 # -- sessions ----------------------------------------------------------------------
 @routes.get("/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
-    """All sessions, in id order."""
-    return web.json_response(await _service(request).list_sessions())
+    """All sessions, in id order (``limit``/``cursor`` page through them)."""
+    only(request, PAGING)
+    return list_response(request, _service(request).list_sessions(**paging(request)))
 
 
 @routes.post("/sessions")
@@ -99,8 +132,9 @@ async def delete_session(request: web.Request) -> web.Response:
 # -- races ---------------------------------------------------------------------------
 @routes.get("/sessions/{session_id}/races")
 async def list_races(request: web.Request) -> web.Response:
-    """The races of a session."""
-    return web.json_response(await _service(request).list_races(_id(request, "session_id")))
+    """The races of a session, in id order (``limit``/``cursor`` page through them)."""
+    only(request, PAGING)
+    return list_response(request, await _service(request).list_races(_id(request, "session_id"), **paging(request)))
 
 
 @routes.post("/sessions/{session_id}/races")
@@ -152,7 +186,7 @@ async def list_session_events(request: web.Request) -> web.Response:
     """The events of a session (same filters as /events)."""
     session_id = _id(request, "session_id")
     filters = event_filters(request, ("race", "type", "from", "to"))
-    return web.json_response(await _service(request).session_events(session_id, **filters))
+    return list_response(request, await _service(request).session_events(session_id, **filters))
 
 
 @routes.post("/sessions/{session_id}/events")
@@ -167,7 +201,7 @@ async def create_event(request: web.Request) -> web.Response:
 async def query_events(request: web.Request) -> web.Response:
     """Events by session, race, type and time range (overlap semantics)."""
     filters = event_filters(request, ("session", "race", "type", "from", "to"))
-    return web.json_response(await _service(request).query_events(**filters))
+    return list_response(request, _service(request).query_events(**filters))
 
 
 @routes.get("/events/{event_id}")

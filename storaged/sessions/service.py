@@ -8,12 +8,20 @@ writes, per-record locks ``locks/<kind>/<id>.lock``).  A race and an event
 carry their ``session_id``; an event may carry a ``race_id`` of the same
 session.
 
-*Membership lock.*  Everything that adds to a session or takes from it
-(create race/event, move an event to another race, delete race/session,
-submit a split) holds ``locks/sessions/<id>.children.lock`` first and
-record locks after it, always in that order.  So a race can never be created
-in a session being deleted, an event never points at a race being deleted,
-and a split sees a consistent race set.
+*Catalogues.*  The three kinds are held in memory (storaged.store.catalogue:
+compact rows, ids by session, by race and by type, and the events' time spans
+in an interval index per session), built from the tree at start-up and kept
+in step with every write under the record locks.  Lists and queries read
+only the memory; the tree stays the truth.
+
+*Membership lock.*  Everything that adds to a session or takes from it holds
+the session's membership lock first and record locks after it, always in that
+order.  Adding (create race/event, move an event to another race) holds it
+*shared*, so creates in one session run concurrently; taking away (delete
+race/session) and submitting a split hold it *exclusive* (in-process, plus
+the file lock ``locks/sessions/<id>.children.lock``).  So a race can never be
+created in a session being deleted, an event never points at a race being
+deleted, and a split sees a consistent race set.
 
 *Delete.*  A session is deleted children first (split jobs cancelled and
 removed, then events, then races) and its own record last: a crash half way
@@ -56,7 +64,8 @@ from urllib.parse import unquote, urlparse
 from storaged.errors import BadRequest, NotFound
 from storaged.jobs.runner import JobRunner
 from storaged.jobs.state import JobState
-from storaged.store.atomic import async_lock, read_json_or, write_json
+from storaged.store.atomic import SharedExclusive, read_json_or, write_json
+from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, now_iso
 from storaged.store.records import RecordStore
@@ -150,11 +159,15 @@ EVENT = Schema("event", {"time": _number, "duration": _optional_number, "type": 
                {"time", "type"}, {"duration": None, "race_id": None, "data": {}}, {"id", "session_id", "created"})
 
 
-def overlaps(event: dict[str, Any], t_from: float | None, t_to: float | None) -> bool:
-    """Closed intervals: an event [time, time + duration] touches [from, to]."""
+def micros(seconds: float | None) -> int | None:
+    """Seconds as whole microseconds: the resolution of the events' interval index."""
+    return None if seconds is None else round(seconds * 1_000_000)
+
+
+def event_span(event: dict[str, Any]) -> tuple[int, int]:
+    """Closed interval [time, time + duration] of an event, in microseconds."""
     start = event["time"]
-    end = start + (event.get("duration") or 0)
-    return (t_to is None or start <= t_to) and (t_from is None or end >= t_from)
+    return micros(start), micros(start + (event.get("duration") or 0))
 
 
 class SessionsService:
@@ -162,15 +175,19 @@ class SessionsService:
         self.layout = layout
         self.objects = objects
         self.jobs = jobs
-        self.sessions = RecordStore(layout, "sessions")
-        self.races = RecordStore(layout, "races")
-        self.events = RecordStore(layout, "events")
+        self.sessions = RecordStore(layout, "sessions", catalogue=Catalogue("sessions"))
+        self.races = RecordStore(layout, "races", catalogue=Catalogue("races", ("session_id",)))
+        self.events = RecordStore(layout, "events", catalogue=Catalogue(
+            "events", ("session_id", "race_id", "type"), span=event_span, span_group="session_id"))
+        self.membership = SharedExclusive(
+            lambda session_id: layout.lock_for("sessions", f"{session_id}.children"))
         self._watchers: dict[Path, asyncio.Task] = {}
         self._applying = asyncio.Lock()  # the watcher and a status GET may see the same job done
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
-        """Apply splits that finished while the daemon was away; watch those still running."""
+        """Load the catalogues; apply splits that finished while the daemon was away; watch those still running."""
+        await asyncio.gather(self.sessions.load(), self.races.load(), self.events.load())
         for session_id, job_dir in await asyncio.to_thread(self._latest_jobs):
             try:
                 state = await self.jobs.state(job_dir)
@@ -197,14 +214,21 @@ class SessionsService:
         return out
 
     def children_lock(self, session_id: int):
-        return async_lock(self.layout.lock_for("sessions", f"{session_id}.children"))
+        """Exclusive membership of a session (taking children away, splitting)."""
+        return self.membership.exclusive(session_id)
+
+    def adding_to(self, session_id: int):
+        """Shared membership of a session (adding children)."""
+        return self.membership.shared(session_id)
 
     def split_dir(self, session_id: int) -> Path:
         return self.sessions.dir / f"{int(session_id)}.split"
 
     # -- sessions ----------------------------------------------------------------
-    async def list_sessions(self) -> list[dict]:
-        return await self.sessions.all()
+    def list_sessions(self, *, after: int | None = None, limit: int | None = None) -> tuple[bytes, int | None]:
+        """A JSON array of sessions in id order, and the cursor of the next page (None: no more)."""
+        self.sessions.report_damaged()
+        return _page(self.sessions.catalogue, {}, None, after, limit)
 
     async def create_session(self, body: Any) -> dict:
         props = SESSION.check(body, partial=False)
@@ -221,12 +245,10 @@ class SessionsService:
         async with self.children_lock(session_id):
             session = await self.sessions.get(session_id)
             await self._drop_splits(session_id)
-            for event in await self.events.all():
-                if event.get("session_id") == session_id:
-                    await _delete_quiet(self.events, event["id"])
-            for race in await self.races.all():
-                if race.get("session_id") == session_id:
-                    await _delete_quiet(self.races, race["id"])
+            for event_id in self.events.catalogue.select({"session_id": session_id}):
+                await _delete_quiet(self.events, event_id)
+            for race_id in self.races.catalogue.select({"session_id": session_id}):
+                await _delete_quiet(self.races, race_id)
             await _delete_quiet(self.sessions, session_id)
             return session
 
@@ -246,13 +268,15 @@ class SessionsService:
         await asyncio.to_thread(shutil.rmtree, split_dir, True)
 
     # -- races -------------------------------------------------------------------
-    async def list_races(self, session_id: int) -> list[dict]:
+    async def list_races(self, session_id: int, *, after: int | None = None,
+                         limit: int | None = None) -> tuple[bytes, int | None]:
         await self.sessions.get(session_id)
-        return [r for r in await self.races.all() if r.get("session_id") == session_id]
+        self.races.report_damaged()
+        return _page(self.races.catalogue, {"session_id": session_id}, None, after, limit)
 
     async def create_race(self, session_id: int, body: Any) -> dict:
         props = RACE.check(body, partial=False)
-        async with self.children_lock(session_id):
+        async with self.adding_to(session_id):
             await self.sessions.get(session_id)
             return await self.races.create({"session_id": session_id, **props, "created": now_iso()})
 
@@ -267,13 +291,12 @@ class SessionsService:
         race = await self.races.get(race_id)
         async with self.children_lock(race["session_id"]):
             race = await self.races.delete(race_id)
-            for event in await self.events.all():
-                if event.get("race_id") == race_id:
-                    try:
-                        await self.events.update(event["id"], lambda rec: {**rec, "race_id": None}
-                                                 if rec.get("race_id") == race_id else rec)
-                    except NotFound:
-                        pass
+            for event_id in self.events.catalogue.select({"race_id": race_id}):
+                try:
+                    await self.events.update(event_id, lambda rec: {**rec, "race_id": None}
+                                             if rec.get("race_id") == race_id else rec)
+                except NotFound:
+                    pass
             return race
 
     # -- events ------------------------------------------------------------------
@@ -289,7 +312,7 @@ class SessionsService:
 
     async def create_event(self, session_id: int, body: Any) -> dict:
         props = EVENT.check(body, partial=False)
-        async with self.children_lock(session_id):
+        async with self.adding_to(session_id):
             await self.sessions.get(session_id)
             await self._check_race_of(session_id, props["race_id"])
             return await self.events.create({"session_id": session_id, **props, "created": now_iso()})
@@ -300,7 +323,7 @@ class SessionsService:
     async def update_event(self, event_id: int, body: Any) -> dict:
         props = EVENT.check(body, partial=True)
         event = await self.events.get(event_id)
-        async with self.children_lock(event["session_id"]):
+        async with self.adding_to(event["session_id"]):
             if "race_id" in props:
                 await self._check_race_of(event["session_id"], props["race_id"])
             return await self.events.update(event_id, lambda rec: {**rec, **props})
@@ -308,28 +331,25 @@ class SessionsService:
     async def delete_event(self, event_id: int) -> dict:
         return await self.events.delete(event_id)
 
-    async def query_events(self, *, session_id: int | None = None, race_id: int | None = None,
-                           type: str | None = None, t_from: float | None = None,
-                           t_to: float | None = None) -> list[dict]:
-        """Events in id order, filtered; ``from``/``to`` keep the events whose span overlaps the range."""
+    def query_events(self, *, session_id: int | None = None, race_id: int | None = None,
+                     type: str | None = None, t_from: float | None = None, t_to: float | None = None,
+                     after: int | None = None, limit: int | None = None) -> tuple[bytes, int | None]:
+        """Events in id order, filtered, as a JSON array (and the next page's cursor).
+
+        ``from``/``to`` keep the events whose span [time, time + duration]
+        overlaps the closed range (to the microsecond).
+        """
         if t_from is not None and t_to is not None and t_from > t_to:
             raise BadRequest("'from' must not be after 'to'")
-        out = []
-        for event in await self.events.all():
-            if session_id is not None and event.get("session_id") != session_id:
-                continue
-            if race_id is not None and event.get("race_id") != race_id:
-                continue
-            if type is not None and event.get("type") != type:
-                continue
-            if not overlaps(event, t_from, t_to):
-                continue
-            out.append(event)
-        return out
+        where = {k: v for k, v in (("session_id", session_id), ("race_id", race_id), ("type", type))
+                 if v is not None}
+        span = None if t_from is None and t_to is None else (micros(t_from), micros(t_to))
+        self.events.report_damaged()
+        return _page(self.events.catalogue, where, span, after, limit)
 
-    async def session_events(self, session_id: int, **filters) -> list[dict]:
+    async def session_events(self, session_id: int, **filters) -> tuple[bytes, int | None]:
         await self.sessions.get(session_id)
-        return await self.query_events(session_id=session_id, **filters)
+        return self.query_events(session_id=session_id, **filters)
 
     # -- splitting -------------------------------------------------------------
     async def resolve_source(self, video_url: str) -> tuple[str, str]:
@@ -370,7 +390,7 @@ class SessionsService:
                 raise BadRequest(f"session {session_id} has no video_url to split")
             source, source_key = await self.resolve_source(session["video_url"])
             races = [{"race_id": r["id"], "start_time": r["start_time"], "duration": r["duration"]}
-                     for r in await self.races.all() if r.get("session_id") == session_id]
+                     for r in map(self.races.catalogue.get, self.races.catalogue.select({"session_id": session_id}))]
             if not races:
                 raise BadRequest(f"session {session_id} has no races to split")
             identity = {"session_id": session_id, "source": source_key, "accurate": accurate,
@@ -483,6 +503,15 @@ class SessionsService:
 
 class _Stale(Exception):
     """The race changed since the split was asked: its clip no longer fits."""
+
+
+def _page(catalogue: Catalogue, where: dict, span, after: int | None,
+          limit: int | None) -> tuple[bytes, int | None]:
+    ids = catalogue.select(where, span=span, after=after, limit=None if limit is None else limit + 1)
+    more = limit is not None and len(ids) > limit
+    if more:
+        del ids[limit:]
+    return catalogue.render(ids), ids[-1] if more else None
 
 
 async def _delete_quiet(store: RecordStore, record_id: int) -> None:

@@ -62,8 +62,12 @@ def raise_storage_fault(exc: OSError) -> None:
         raise fault from exc
 
 
-def write_bytes(final: Path, data: bytes, *, durable: bool = True) -> None:
-    """Atomically replace ``final`` with ``data``.  Blocking: call in a thread."""
+def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
+    """Atomically replace ``final`` with ``data``.  Blocking: call in a thread.
+
+    ``sync_dir`` False leaves the directory's fsync to the caller (a group
+    commit, :class:`DirSync`); the name is not durable until it happens.
+    """
     final = Path(final)
     tmp = temp_name(final)
     try:
@@ -80,7 +84,7 @@ def write_bytes(final: Path, data: bytes, *, durable: bool = True) -> None:
     except BaseException:
         unlink_quiet(tmp)
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(final.parent)
 
 
@@ -191,3 +195,128 @@ def sync_lock(path: Path, timeout: float = -1) -> FileLock:
     """A fresh blocking lock object, for code that already runs in a thread or a CLI."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=timeout, preserve_lock_file=True)
+
+
+class DirSync:
+    """Group commit of a directory's fsync: one fsync covers every rename made before it began.
+
+    A writer renames its file into place, then awaits ``sync()``.  If an fsync
+    of the directory is already running, it may have started before this
+    rename, so the writer waits for it and then for the next one; the next one
+    is started by the first writer that finds none running, and covers every
+    rename made until it starts.  So 16 concurrent creates pay for two or three
+    directory fsyncs instead of 16, and none is answered before its own name is
+    durable.  An fsync error reaches every writer that was waiting on it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._requested = 0  # renames announced so far
+        self._durable = 0    # renames covered by a finished fsync
+        self._running: tuple[asyncio.Future, int] | None = None  # the fsync under way, what it covers
+
+    async def sync(self) -> None:
+        self._requested += 1
+        mine = self._requested
+        while self._durable < mine:
+            running = self._running
+            if running is None or running[0].done():
+                # covers: every rename announced until now, this one included.
+                fsync = asyncio.ensure_future(asyncio.to_thread(fsync_dir, self.path))
+                running = self._running = (fsync, self._requested)
+            fsync, covers = running
+            try:
+                await asyncio.shield(fsync)
+            except OSError:
+                if covers >= mine:
+                    raise
+                continue  # an earlier batch's fsync failed; this writer's name needs one of its own
+            finally:
+                if self._running is running and fsync.done():
+                    self._running = None
+            self._durable = max(self._durable, covers)
+
+
+class SharedExclusive:
+    """Shared/exclusive locks by name, for one process (writers first, so they never starve).
+
+    Many coroutines may hold a name shared at once; an exclusive holder holds
+    it alone, and also takes the file lock ``path_of(name)`` so that other
+    processes that use that file lock (a CLI repair) are excluded too.  Shared
+    holders take no file lock: use this only where the daemon is the one
+    process that takes the lock shared (it owns its data root).
+    """
+
+    def __init__(self, path_of) -> None:
+        self._path_of = path_of
+        self._state: dict[Any, list] = {}  # name -> [Condition, readers, writer, writers waiting, users]
+
+    def _enter(self, name: Any) -> list:
+        state = self._state.get(name)
+        if state is None:
+            state = self._state[name] = [asyncio.Condition(), 0, False, 0, 0]
+        state[4] += 1
+        return state
+
+    def _leave(self, name: Any, state: list) -> None:
+        state[4] -= 1
+        if state[4] == 0:
+            self._state.pop(name, None)
+
+    def shared(self, name: Any) -> "_Held":
+        return _Held(self, name, exclusive=False)
+
+    def exclusive(self, name: Any) -> "_Held":
+        return _Held(self, name, exclusive=True)
+
+
+class _Held:
+    def __init__(self, owner: SharedExclusive, name: Any, *, exclusive: bool) -> None:
+        self.owner, self.name, self.exclusive = owner, name, exclusive
+        self._file: PathLock | None = None
+
+    async def __aenter__(self) -> "_Held":
+        state = self.owner._enter(self.name)
+        cond = state[0]
+        try:
+            async with cond:
+                if self.exclusive:
+                    state[3] += 1
+                    try:
+                        await cond.wait_for(lambda: not state[2] and state[1] == 0)
+                    finally:
+                        state[3] -= 1
+                        cond.notify_all()
+                    state[2] = True
+                else:
+                    await cond.wait_for(lambda: not state[2] and state[3] == 0)
+                    state[1] += 1
+        except BaseException:
+            self.owner._leave(self.name, state)
+            raise
+        if self.exclusive:
+            try:
+                self._file = PathLock(self.owner._path_of(self.name))
+                await self._file.__aenter__()
+            except BaseException:
+                await self._release(state)
+                raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        state = self.owner._state[self.name]
+        try:
+            if self._file is not None:
+                await self._file.__aexit__(*exc_info)
+        finally:
+            await self._release(state)
+
+    async def _release(self, state: list) -> None:
+        cond = state[0]
+        async with cond:
+            if self.exclusive:
+                state[2] = False
+            else:
+                state[1] -= 1
+            cond.notify_all()
+        self.owner._leave(self.name, state)

@@ -13,6 +13,15 @@ answered.  The hint is replaced atomically but not fsynced: losing
 its last update in a crash can only make an id of a record deleted since
 then come back, never two records share an id.
 
+*Catalogue.*  A store may carry a :class:`~storaged.store.catalogue.Catalogue`
+(every record in memory, with facets).  Once ``load()`` has built it, reads and
+lists come from memory, sequential ids are handed out from memory (the daemon
+is the only writer of its data root: ``locks/daemon.lock``), and every write
+updates the memory after its file is durable, under the same lock.  Creates
+then fsync their own file in a thread and share the directory's fsync with
+every concurrent create (``DirSync``, a group commit): each is still durable
+before it is answered.
+
 *Update and delete.*  Read-modify-write under the record's own lock
 ``locks/<K>/<I>.lock``; the new content replaces the old by rename.  Delete
 unlinks the file under the same lock.
@@ -34,16 +43,21 @@ was taken but never used.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from storaged.errors import BadRequest, DamagedRecord, NotFound
 from storaged.store import damage
-from storaged.store.atomic import async_lock, fsync_dir, read_json, unlink_quiet, write_json
+from storaged.store.atomic import DirSync, async_lock, dumps, fsync_dir, read_json, unlink_quiet, write_bytes, write_json
+from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
+
+log = logging.getLogger("storaged.records")
 
 MAX_SAFE_INT = 2**53 - 1
 _INT_ID = re.compile(r"^[0-9]{1,16}$")
@@ -52,14 +66,57 @@ _INT_ID = re.compile(r"^[0-9]{1,16}$")
 class RecordStore:
     """Records of one kind.  ``ids``: "sequence" (1, 2, 3…) or "random53" (random ints below 2**53)."""
 
-    def __init__(self, layout: Layout, kind: str, *, ids: str = "sequence") -> None:
+    def __init__(self, layout: Layout, kind: str, *, ids: str = "sequence",
+                 catalogue: Catalogue | None = None) -> None:
         if ids not in ("sequence", "random53"):
             raise ValueError(ids)
         self.layout = layout
         self.kind = kind
         self.ids = ids
         self.dir = layout.root / kind
+        self.catalogue = catalogue
         self._pending: set[int] = set()  # ids handed out whose record is being written
+        self._dir_sync = DirSync(self.dir)
+        self._next_id = 1  # with a loaded catalogue: the next sequential id
+        self._hint_written = 0
+        self._hint_lock = threading.Lock()
+
+    @property
+    def in_memory(self) -> bool:
+        return self.catalogue is not None and self.catalogue.loaded
+
+    # -- catalogue -----------------------------------------------------------
+    async def load(self) -> None:
+        """Build the catalogue from the tree, in a thread (start-up, before requests)."""
+        built = await asyncio.to_thread(self._build_blocking)
+        self.catalogue.adopt(built)
+        try:
+            hint = int(await asyncio.to_thread((self.dir / ".next_id").read_text))
+        except (FileNotFoundError, ValueError):
+            hint = 0
+        self._next_id = max(hint, self.catalogue.max_id() + 1, max(self.catalogue.damaged, default=0) + 1)
+        self._hint_written = hint
+
+    def _build_blocking(self) -> Catalogue:
+        cat = self.catalogue
+        built = Catalogue(cat.kind, cat.facets, span=cat.span, span_group=cat.span_group)
+        built.fill(self._read_all_blocking(built.damaged))
+        return built
+
+    def _read_all_blocking(self, damaged: dict[int, str]):
+        for record_id in self._ids_on_disk():
+            try:
+                record = self.get_blocking(record_id)
+                if record.get("id") != record_id:
+                    raise DamagedRecord(self.name(record_id), f"holds the id {record.get('id')!r}")
+            except NotFound:
+                continue  # deleted since the listing
+            except DamagedRecord as exc:
+                damaged[record_id] = str(exc)
+                log.warning("%s is unreadable and left out of the catalogue: %s; run `storaged fsck`",
+                            self.name(record_id), damaged[record_id])
+                continue
+            yield record
 
     # -- ids ---------------------------------------------------------------
     def parse_id(self, raw: Any, what: str = "id") -> int:
@@ -85,6 +142,8 @@ class RecordStore:
     # -- operations ----------------------------------------------------------
     async def create(self, data: dict[str, Any]) -> dict[str, Any]:
         """Write a new record; ``data`` gets its ``id``.  Answers the stored record."""
+        if self.in_memory and self.ids == "sequence":
+            return await self._create_in_memory(data)
         async with self.lock(".create"):
             record_id = await asyncio.to_thread(self._allocate_blocking)
         # The write (two fsyncs) happens outside the kind's lock: concurrent creates then share the
@@ -95,6 +154,25 @@ class RecordStore:
         finally:
             self._pending.discard(record_id)
         return record
+
+    async def _create_in_memory(self, data: dict[str, Any]) -> dict[str, Any]:
+        record_id = self._next_id
+        self._next_id += 1
+        record = {"id": record_id, **{k: v for k, v in data.items() if k != "id"}}
+        await asyncio.to_thread(self._write_new_blocking, record)
+        await self._dir_sync.sync()
+        self.catalogue.put(record)
+        return record
+
+    def _write_new_blocking(self, record: dict[str, Any]) -> None:
+        """The record file (fsynced, renamed into place; the directory fsync is the caller's)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_bytes(self.path(record["id"]), dumps(record), durable=True, sync_dir=False)
+        with self._hint_lock:
+            if record["id"] >= self._hint_written:
+                # A hint, not a promise (see the protocol): not fsynced.
+                self._hint_written = record["id"] + 1
+                write_json(self.dir / ".next_id", self._hint_written, durable=False)
 
     def _allocate_blocking(self) -> int:
         """A fresh id (the kind's create lock is held).  Blocking."""
@@ -131,6 +209,7 @@ class RecordStore:
         return f"{self.kind}/{int(record_id)}.json"
 
     def get_blocking(self, record_id: int) -> dict[str, Any]:
+        """The record from its file (bypasses the catalogue)."""
         try:
             record = read_json(self.path(record_id))
         except FileNotFoundError:
@@ -142,6 +221,12 @@ class RecordStore:
         return record
 
     async def get(self, record_id: int) -> dict[str, Any]:
+        if self.in_memory:
+            record = self.catalogue.get(record_id)
+            if record is not None:
+                return record
+            if record_id not in self.catalogue.damaged:
+                raise NotFound(f"{self.kind} {record_id} not found")
         return await asyncio.to_thread(self.get_blocking, record_id)
 
     async def update(self, record_id: int, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
@@ -153,6 +238,8 @@ class RecordStore:
                 new = current
             if new != current:
                 await asyncio.to_thread(write_json, self.path(record_id), new)
+                if self.catalogue is not None:
+                    self.catalogue.put(new)
             return new
 
     def _put_blocking(self, record: dict[str, Any]) -> None:
@@ -163,6 +250,8 @@ class RecordStore:
         async with self.lock(record_id):
             record = await self.get(record_id)
             await asyncio.to_thread(self._delete_blocking, record_id)
+            if self.catalogue is not None:
+                self.catalogue.discard(record_id)
             return record
 
     def _delete_blocking(self, record_id: int) -> None:
@@ -181,5 +270,14 @@ class RecordStore:
         return out
 
     async def all(self) -> list[dict[str, Any]]:
-        """Every record, in id order (a directory walk, in a thread)."""
+        """Every record, in id order (from memory, or a directory walk in a thread)."""
+        if self.in_memory:
+            cat = self.catalogue
+            self.report_damaged()
+            return [cat.get(i) for i in sorted(cat.rows)]
         return await asyncio.to_thread(self.all_blocking)
+
+    def report_damaged(self) -> None:
+        """Tell the listing request which records of this kind the catalogue had to leave out."""
+        for record_id in self.catalogue.damaged:
+            damage.skipped(self.name(record_id), "not readable")

@@ -41,7 +41,7 @@ from storaged.errors import BadRequest, Conflict, NotFound
 from storaged.store.layout import Layout
 from storaged.store.records import MAX_SAFE_INT, RecordStore
 from storaged.videostreams import times
-from storaged.videostreams.timeindex import TimeIndex
+from storaged.store.timeindex import TimeIndex
 
 log = logging.getLogger("storaged.videostreams")
 

@@ -1,4 +1,4 @@
-"""In-memory interval index for overlap queries over videostreams.
+"""In-memory interval index for overlap queries over time spans (videostreams, events).
 
 An entry is ``(id, start, end, source)`` with times as integer microseconds
 since the epoch; ``end`` None means "still going" (a live stream).  A query

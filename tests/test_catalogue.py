@@ -1,0 +1,173 @@
+"""Record catalogues: memory kept in step with the tree, paging, group-committed creates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+from storaged.store import atomic
+from storaged.store.catalogue import Catalogue
+from storaged.store.layout import Layout
+from storaged.store.records import RecordStore
+from storaged.sessions.service import event_span
+
+
+def _events(layout: Layout) -> RecordStore:
+    return RecordStore(layout, "events", catalogue=Catalogue(
+        "events", ("session_id", "race_id", "type"), span=event_span, span_group="session_id"))
+
+
+def _tree(store: RecordStore) -> dict[int, dict]:
+    return {r["id"]: r for r in store.all_blocking()}
+
+
+async def test_memory_follows_every_write_and_a_rebuild_equals_it(data_dir):
+    """Random creates, updates and deletes: the memory equals the files, and a fresh load equals both."""
+    layout = Layout(data_dir)
+    store = _events(layout)
+    await store.load()
+    rng = random.Random(7)
+    live: list[int] = []
+    for _ in range(300):
+        op = rng.random()
+        if op < 0.6 or not live:
+            rec = await store.create({"session_id": rng.randint(1, 4), "race_id": rng.choice([None, 1, 2]),
+                                      "type": rng.choice("abc"), "time": rng.uniform(0, 100),
+                                      "duration": rng.choice([None, rng.uniform(0, 10)])})
+            live.append(rec["id"])
+        elif op < 0.8:
+            rid = rng.choice(live)
+            await store.update(rid, lambda r: {**r, "time": rng.uniform(0, 100), "type": rng.choice("abc")})
+        else:
+            rid = live.pop(rng.randrange(len(live)))
+            await store.delete(rid)
+    tree = _tree(store)
+    assert {i: store.catalogue.get(i) for i in store.catalogue.rows} == tree
+    fresh = _events(layout)
+    await fresh.load()
+    assert fresh.catalogue.rows == store.catalogue.rows
+    # Every facet and span answer equals a filter over the tree.
+    for session in range(1, 5):
+        for t_from, t_to in [(0, 100), (10, 20), (50, 50), (None, 30), (70, None)]:
+            want = sorted(i for i, r in tree.items() if r["session_id"] == session
+                          and (t_to is None or r["time"] <= t_to)
+                          and (t_from is None or r["time"] + (r["duration"] or 0) >= t_from))
+            span = (None if t_from is None else t_from * 10**6, None if t_to is None else t_to * 10**6)
+            assert fresh.catalogue.select({"session_id": session}, span=span) == want
+    for kind in "abc":
+        assert store.catalogue.select({"type": kind, "race_id": None}) == sorted(
+            i for i, r in tree.items() if r["type"] == kind and r["race_id"] is None)
+
+
+async def test_ids_continue_after_a_restart_and_never_reuse_the_hint(data_dir):
+    layout = Layout(data_dir)
+    store = _events(layout)
+    await store.load()
+    ids = [(await store.create({"session_id": 1, "type": "x", "time": 1}))["id"] for _ in range(5)]
+    assert ids == [1, 2, 3, 4, 5]
+    await store.delete(5)
+    again = _events(layout)
+    await again.load()
+    assert (await again.create({"session_id": 1, "type": "x", "time": 1}))["id"] == 6
+
+
+async def test_an_unreadable_record_is_left_out_and_named(data_dir):
+    layout = Layout(data_dir)
+    store = _events(layout)
+    await store.load()
+    await store.create({"session_id": 1, "type": "x", "time": 1})
+    (store.dir / "2.json").write_text('{"id": 2, "sess')
+    fresh = _events(layout)
+    await fresh.load()
+    assert list(fresh.catalogue.rows) == [1]
+    assert 2 in fresh.catalogue.damaged
+    assert (await fresh.create({"session_id": 1, "type": "x", "time": 1}))["id"] == 3
+
+
+async def test_concurrent_creates_share_directory_fsyncs_and_each_is_durable(data_dir, monkeypatch):
+    """64 creates at once: every record is on disk when answered, with far fewer directory fsyncs than creates."""
+    layout = Layout(data_dir)
+    store = _events(layout)
+    await store.load()
+    dir_syncs = []
+    real = atomic.fsync_dir
+
+    def counting(path):
+        dir_syncs.append(path)
+        real(path)
+
+    monkeypatch.setattr(atomic, "fsync_dir", counting)
+    answered = []
+
+    async def one(i):
+        rec = await store.create({"session_id": 1, "type": "x", "time": i})
+        # Durable before answered: the file is under its final name, whole.
+        assert json.loads((store.dir / f"{rec['id']}.json").read_text()) == rec
+        answered.append(rec["id"])
+
+    await asyncio.gather(*(one(i) for i in range(64)))
+    assert sorted(answered) == list(range(1, 65))
+    assert 1 <= len([p for p in dir_syncs if p == store.dir]) < 64
+
+
+async def test_dirsync_waits_for_an_fsync_that_began_after_its_rename(tmp_path, monkeypatch):
+    """A writer arriving while an fsync runs is not answered by that fsync."""
+    started = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def slow_fsync(path):
+        started.append(len(started))
+        if len(started) == 1:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+
+    monkeypatch.setattr(atomic, "fsync_dir", slow_fsync)
+    sync = atomic.DirSync(tmp_path)
+    first = asyncio.create_task(sync.sync())
+    while not started:
+        await asyncio.sleep(0.001)
+    second = asyncio.create_task(sync.sync())
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    gate.set()
+    await asyncio.gather(first, second)
+    assert len(started) == 2
+
+
+async def test_lists_page_with_limit_and_cursor(client):
+    for _ in range(5):
+        assert (await client.post("/sessions", json={})).status == 201
+    resp = await client.get("/sessions?limit=2")
+    assert [s["id"] for s in await resp.json()] == [1, 2]
+    assert resp.headers["X-Next-Cursor"] == "2"
+    assert 'rel="next"' in resp.headers["Link"]
+    resp = await client.get("/sessions?limit=2&cursor=4")
+    assert [s["id"] for s in await resp.json()] == [5]
+    assert "X-Next-Cursor" not in resp.headers
+    assert (await client.get("/sessions?limit=0")).status == 400
+    for t in range(6):
+        await client.post("/sessions/1/events", json={"type": "lap", "time": t})
+    resp = await client.get("/events?session=1&from=1&to=4&limit=2")
+    assert [e["time"] for e in await resp.json()] == [1, 2]
+    nxt = resp.headers["Link"].split(";")[0].strip("<>")
+    assert [e["time"] for e in await (await client.get(nxt)).json()] == [3, 4]
+
+
+async def test_events_created_at_once_in_one_session_all_land(client):
+    assert (await client.post("/sessions", json={})).status == 201
+    resps = await asyncio.gather(*(client.post("/sessions/1/events", json={"type": "t", "time": i})
+                                   for i in range(40)))
+    assert [r.status for r in resps] == [201] * 40
+    events = await (await client.get("/sessions/1/events")).json()
+    assert sorted(e["time"] for e in events) == list(range(40))
+    assert len({e["id"] for e in events}) == 40
+
+
+async def test_a_session_deleted_while_events_are_added_leaves_no_orphan(client):
+    assert (await client.post("/sessions", json={})).status == 201
+    creates = [client.post("/sessions/1/events", json={"type": "t", "time": i}) for i in range(30)]
+    results = await asyncio.gather(*creates[:15], client.delete("/sessions/1"), *creates[15:])
+    assert results[15].status == 200
+    assert {r.status for r in results[:15] + results[16:]} <= {201, 404}
+    assert await (await client.get("/events")).json() == []
