@@ -107,6 +107,35 @@ async def test_thumbnails_and_sprite(client, video_id, tmp_path):
     assert ffprobe(sprite)["streams"][0]["width"] == 80 * 5
 
 
+def luma_clock(path: Path, seconds: int = 30, fps: int = 25) -> Path:
+    """A video whose every frame shows its own second: flat grey, luma 16 + 7 * floor(t) (limited range)."""
+    ffmpeg("-f", "lavfi", "-i", f"color=c=black:s=64x48:r={fps}:d={seconds}",
+           "-vf", "geq=lum='16+7*floor(T)':cb=128:cr=128", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", "-g", str(fps), str(path))
+    return path
+
+
+def second_shown(image: Path) -> float:
+    """The second a luma_clock frame shows, read back from its mean luma (a JPEG is full range)."""
+    gray = subprocess.run(["ffmpeg", "-v", "error", "-i", str(image), "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                          check=True, capture_output=True).stdout
+    return sum(gray) / len(gray) * 219 / 255 / 7
+
+
+@pytest.mark.parametrize("every", [2.5, 10])
+async def test_thumbnail_times_are_the_times_of_the_frames_shown(client, tmp_path, every):
+    clock = await upload_file(client, luma_clock(tmp_path / f"clock{every}.mp4"))
+    aid = await start(client, clock, "thumbnails", {"every": every, "width": 64})
+    status, body = await finished(client, clock, aid)
+    assert status == 200, body
+    thumbs = body["thumbnails"]
+    assert len(thumbs) == int(30 // every)
+    for i, thumb in enumerate(thumbs):
+        shown = second_shown(await fetch(client, thumb["url"], tmp_path / f"t{i}.jpg"))
+        assert abs(shown - int(thumb["time"])) < 0.4, (thumb, shown)  # the frame shows the second of its time
+        assert i * every <= thumb["time"] < i * every + 0.05  # the first frame at or after each step
+
+
 async def test_clip_copy_is_within_one_gop(client, video_id, tmp_path):
     aid = await start(client, video_id, "clip", {"start": 2.5, "duration": 4})
     status, body = await finished(client, video_id, aid)

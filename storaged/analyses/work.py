@@ -233,17 +233,25 @@ def run_thumbnails(ctx) -> dict[str, Any]:
     every, width = ctx.args["every"], ctx.args["width"]
     duration = _duration(ctx)
     count = max(1, math.ceil(duration / every))
-    ctx.ffmpeg(["-i", str(_input(ctx)), "-vf", f"fps=1/{every},scale={width}:-2", "-frames:v", str(count),
-                "-q:v", "4", str(ctx.job_dir / "thumb_%04d.jpg")], duration=duration, progress_span=(0, 0.9))
+    # The first frame at or after each multiple of `every`, and the time of the frame itself.
+    # (fps=1/every would pick the frame nearest the middle of each interval, every/2 late.)
+    step = f"{every:.6f}"
+    pick = (f"select='isnan(prev_selected_t)+gte(t,(floor(prev_selected_t/{step}+1e-6)+1)*{step})',"
+            f"metadata=mode=add:key=storaged.thumb:value=1,metadata=mode=print:file=thumbs.txt,"
+            f"scale={width}:-2")
+    ctx.ffmpeg(["-i", str(_input(ctx)), "-an", "-vf", pick, "-fps_mode", "vfr", "-frames:v", str(count),
+                "-q:v", "4", str(ctx.job_dir / "thumb_%04d.jpg")], duration=duration, progress_span=(0, 0.9),
+               cwd=ctx.job_dir)
     thumbs = sorted(p.name for p in ctx.job_dir.glob("thumb_*.jpg"))
     if not thumbs:
         raise BadRequest("the input has no video frames")
+    times = [float(m.group(1)) for m in _PTS_TIME_RE.finditer((ctx.job_dir / "thumbs.txt").read_text())]
     columns = min(len(thumbs), 10)
     rows = math.ceil(len(thumbs) / columns)
     ctx.ffmpeg(["-i", str(ctx.job_dir / "thumb_%04d.jpg"), "-vf", f"tile={columns}x{rows}", "-frames:v", "1",
                 "-q:v", "4", str(ctx.job_dir / "sprite.jpg")])
     return {
-        "thumbnails": [{"time": round(i * every, 3), "url": _link(ctx, name)} for i, name in enumerate(thumbs)],
+        "thumbnails": [{"time": round(t, 3), "url": _link(ctx, name)} for t, name in zip(times, thumbs)],
         "sprite": _link(ctx, "sprite.jpg"),
         "columns": columns,
         "rows": rows,
@@ -308,7 +316,7 @@ def run_transcode(ctx) -> dict[str, Any]:
     return {"preset": ctx.args["preset"], "video_file": _link(ctx, "web.mp4")}
 
 
-_SCENE_RE = re.compile(r"pts_time:([0-9.]+)")
+_PTS_TIME_RE = re.compile(r"pts_time:([0-9.]+)")
 _SCORE_RE = re.compile(r"lavfi\.scene_score=([0-9.]+)")
 
 
@@ -321,7 +329,7 @@ def run_motion(ctx) -> dict[str, Any]:
     events = []
     time_s = None
     for line in (ctx.job_dir / "scenes.txt").read_text().splitlines():
-        if m := _SCENE_RE.search(line):
+        if m := _PTS_TIME_RE.search(line):
             time_s = float(m.group(1))
         elif (m := _SCORE_RE.search(line)) and time_s is not None:
             events.append({"time": round(time_s, 3), "score": round(float(m.group(1)), 4)})
