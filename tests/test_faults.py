@@ -125,15 +125,18 @@ async def test_a_sound_dedupe_drops_the_new_copy_and_keeps_the_old(client, data_
 
 # -- damaged records -----------------------------------------------------------------------
 
-async def test_a_half_written_record_answers_a_specific_error_and_listings_say_they_skipped_it(client, data_dir):
+async def test_a_half_written_record_answers_a_specific_error_and_listings_say_they_skipped_it(make_client, data_dir):
+    client = await make_client()
     ids = []
     for n in range(3):
         resp = await client.post("/sessions", json={"video_url": f"/v{n}.mp4"})
         assert resp.status == 201
         ids.append((await resp.json())["id"])
+    await client.close()
     path = data_dir / "sessions" / f"{ids[1]}.json"
     path.write_bytes(path.read_bytes()[:15])  # torn, as a disk fault leaves it
     name = f"sessions/{ids[1]}.json"
+    client = await make_client()  # a torn file is what a crash leaves: the next start meets it
 
     for method, url, body in (("GET", f"/sessions/{ids[1]}", None),
                               ("PUT", f"/sessions/{ids[1]}", {"video_url": "/x.mp4"}),

@@ -279,5 +279,9 @@ class RecordStore:
 
     def report_damaged(self) -> None:
         """Tell the listing request which records of this kind the catalogue had to leave out."""
-        for record_id in self.catalogue.damaged:
+        damaged = self.catalogue.damaged
+        for record_id in list(damaged):
+            if not self.path(record_id).exists():  # rare: only records met damaged at start-up
+                del damaged[record_id]  # moved away (fsck --repair) or deleted
+                continue
             damage.skipped(self.name(record_id), "not readable")
