@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import aiohttp
 
@@ -88,9 +88,10 @@ def duration_of(path: Path | str) -> float:
 class Daemon:
     """``storaged serve`` as a real process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None, prefix: Sequence[str] = ()) -> None:
         self.data_dir = Path(data_dir)
         self.extra = list(extra)
+        self.prefix = list(prefix)  # e.g. a sandbox the daemon runs inside
         self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -104,7 +105,7 @@ class Daemon:
         env = {**os.environ, **self.env}
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "storaged", "serve", "--port", str(self.port),
+            [*self.prefix, sys.executable, "-m", "storaged", "serve", "--port", str(self.port),
              "--data-dir", str(self.data_dir), "--no-access-log", *self.extra],
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:

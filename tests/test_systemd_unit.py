@@ -10,11 +10,18 @@ better and break the box.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.helpers import Daemon, wait_until
+from tests.live_source import LiveSource, kill_processes_under
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "storaged.service"
@@ -84,3 +91,89 @@ def test_the_unit_keeps_what_the_daemon_needs():
                                   "SystemCallFilter", "UMask", "PrivateDevices", "CapabilityBoundingSet"])
 def test_the_readme_explains_each_directive_an_owner_may_relax(name):
     assert f"`{name}" in (ROOT / "README.md").read_text()
+
+
+# -- the daemon under the unit's sandbox -------------------------------------------------------
+# The system-call filter, W^X memory and socket families are what could break ffmpeg, Python
+# or the workers; tests/unit_sandbox.py loads them as the unit would (CI has no systemd).
+
+SANDBOX = [sys.executable, str(ROOT / "tests" / "unit_sandbox.py"), str(UNIT), "--"]
+
+
+@pytest.mark.parametrize("code", [
+    "import os; os.nice(1)",                                          # @resources
+    "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)",  # W^X
+    "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW)",  # address families
+    "import os; os.chroot('/')",                                      # @privileged
+])
+def test_the_sandbox_is_real(code):
+    out = subprocess.run([*SANDBOX, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Operation not permitted" in out.stderr, out.stderr[-500:]
+
+
+async def test_the_daemon_works_inside_the_units_sandbox(tmp_path, video_10s):
+    source = LiveSource().start()
+    d = Daemon(tmp_path / "data", "--stream-segment-time", "2", prefix=SANDBOX)
+    d.data_dir.mkdir()
+    d.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def call(method: str, path: str, **kw):
+                async with http.request(method, d.url + path, **kw) as r:
+                    return r.status, (await r.json(content_type=None) if r.status != 202 else None)
+
+            status, up = await call("POST", "/upload", params={"name": "v.mp4"}, data=video_10s.read_bytes())
+            assert status == 200, up
+            fid = up["file_id"]
+
+            async def analysed(analysis: str, args: dict) -> dict:
+                status, out = await call("POST", "/analyse", json={"file_id": fid, "analysis": analysis, "args": args})
+                assert status == 200, out
+                aid = out["analysis_id"]
+
+                async def done():
+                    status, body = await call("GET", f"/results/{fid}/{aid}")
+                    assert status in (200, 202), body
+                    return body if status == 200 else None
+                return await wait_until(done, timeout=90, what=f"{analysis} done")
+
+            probe = await analysed("probe", {})                        # ffprobe in a forked worker
+            assert probe["result"]["video_codec"] == "h264"
+            clip = await analysed("clip", {"start": 2, "duration": 3, "accurate": True})  # ffmpeg encoding
+            async with http.get(d.url + clip["video_file"]) as r:
+                assert r.status == 200 and len(await r.read()) > 1000
+
+            # A network source recorded by a supervised ffmpeg.
+            status, out = await call("POST", "/streams/create", json={"url": source.url})
+            sid = out["stream_id"]
+            assert (await call("POST", f"/streams/{sid}/start"))[0] == 200
+
+            async def recorded():
+                status, st = await call("GET", f"/streams/{sid}/status")
+                return st if st["segments"] >= 1 else None
+            await wait_until(recorded, timeout=60, what="a recorded segment")
+            assert (await call("POST", f"/streams/{sid}/stop"))[0] == 200
+
+            # A detached worker survives the daemon (KillMode=process) and is adopted by the next one.
+            status, out = await call("POST", "/analyse", json={"file_id": fid, "analysis": "dummy",
+                                                               "args": {"seconds": 15}})
+            aid = out["analysis_id"]
+            job = d.data_dir / fid[:2] / fid[2:] / "analysis" / aid
+            await wait_until(lambda: _async((job / "inrun.pid").exists()), what="worker running")
+            worker = json.loads((job / "inrun.pid").read_text())["pid"]
+            d.kill()
+            os.kill(worker, 0)
+            d.start()
+            async def finished():
+                status, body = await call("GET", f"/results/{fid}/{aid}")
+                return body if status == 200 else None
+            assert (await wait_until(finished, timeout=60, what="adopted job done"))["result"] == {"slept": 15}
+            assert "adopted running job" in d.log_path.read_text()
+    finally:
+        d.stop()
+        source.stop()
+        kill_processes_under(tmp_path)
+
+
+async def _async(value):
+    return value
