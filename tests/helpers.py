@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -73,6 +74,20 @@ def make_video(path: Path, seconds: float = 10, fps: int = 25, gop: int = 25,
     args += ["-movflags", "+faststart", str(path)]
     ffmpeg(*args)
     return path
+
+
+def plant_camera_images(data: Path, camera: str, first: str, count: int = 10) -> list[Path]:
+    """``count`` motion images (160x120 JPEGs, one a minute from ``first`` = YYYYMMDD-HHMMSS, box time)
+    where the camera family keeps them, as a capture (or another program) writes them."""
+    start = datetime.strptime(first, "%Y%m%d-%H%M%S")
+    day = Path(data) / "camera" / str(camera) / start.strftime("%Y%m%d")
+    day.mkdir(parents=True, exist_ok=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=1", "-frames:v", str(count), str(day / "new%03d.jpg"))
+    out = []
+    for n in range(1, count + 1):
+        when = start + timedelta(minutes=n - 1)
+        out.append((day / f"new{n:03d}.jpg").rename(day / f"{when:%Y%m%d-%H%M%S}-000.jpg"))
+    return out
 
 
 def ffprobe(path: Path | str) -> dict:

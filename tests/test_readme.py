@@ -30,12 +30,11 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemon, ffmpeg, make_video
+from tests.helpers import Daemon, make_video, plant_camera_images
 from tests.live_source import LiveSource, kill_processes_under
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -108,16 +107,6 @@ def stage(tmp_path_factory):
     for source in sources:
         source.stop()
     kill_processes_under(root)  # segmenters the stream examples started
-
-
-def plant_camera_images(data: Path, camera: str, first: str) -> None:
-    start = datetime.strptime(first, "%Y%m%d-%H%M%S")
-    day = data / "camera" / camera / start.strftime("%Y%m%d")
-    day.mkdir(parents=True, exist_ok=True)
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=1", "-frames:v", "10", str(day / "img%02d.jpg"))
-    for n in range(1, 11):
-        when = start + timedelta(minutes=n - 1)
-        (day / f"img{n:02d}.jpg").rename(day / f"{when:%Y%m%d-%H%M%S}-000.jpg")
 
 
 def test_the_convention_is_followed():
