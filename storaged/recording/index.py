@@ -395,7 +395,10 @@ def finalize_run(seg_dir: Path, run: int, live: bool) -> tuple[list[str], list[s
             os.unlink(run_dir / part)
             rejected.append(f"{part}: never finished")
     if rejected:
-        note_absent(seg_dir, run, rejected)
+        try:
+            note_absent(seg_dir, run, rejected)
+        except OSError as exc:  # a full disk: fsck will report the hole as missing instead
+            log.warning("could not note the rejected segments of %s: %s", run_dir.name, exc)
     if finalized or rejected:
         fsync_dir(run_dir)
     return finalized, rejected, retry

@@ -430,6 +430,12 @@ class Recorder:
                     # The process may exist already: keep it so that stop/close can see it.
                     self.proc = await spawn
                     raise
+                except Exception as exc:  # e.g. a full disk refusing the state write: try again later
+                    log.warning("stream %d: cannot start a run (%s); retrying in %.0fs", self.stream_id, exc,
+                                backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, cfg.stream_restart_max_backoff)
+                    continue
             proc = self.proc
             try:
                 reason, recorded = await self._watch(proc)
@@ -442,9 +448,12 @@ class Recorder:
                 await asyncio.to_thread(proc.forget_blocking)
             log.warning("stream %d: run %d ended (%s); restarting in %.0fs", self.stream_id, proc.run,
                         reason, 1.0 if recorded else backoff)
-            await svc._end_run(self.stream_id, proc.run, reason)
             self.proc = None
-            await svc.update_state(self.stream_id, _count_restart)
+            try:
+                await svc._end_run(self.stream_id, proc.run, reason)
+                await svc.update_state(self.stream_id, _count_restart)
+            except Exception as exc:  # bookkeeping only (e.g. a full disk): the recording must go on
+                log.warning("stream %d: could not record the end of run %d: %s", self.stream_id, proc.run, exc)
             backoff = 1.0 if recorded else backoff
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, cfg.stream_restart_max_backoff)
