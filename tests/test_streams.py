@@ -226,7 +226,7 @@ async def test_each_run_appears_as_a_live_videostream(fast_client, live):
     async def listed_live():
         status, out = await call(client, "GET", "/api/v1/videostreams", params={"capturesource": str(sid)})
         assert status == 200, out
-        return out or None
+        return out["results"] or None
     (vs,) = await wait_until(listed_live, timeout=30, what="live videostream")
     assert vs["capturesource"] == sid and vs["endTime"] is None
     assert vs["stream_url"].startswith(f"/streams/{sid}/get_clip?start=")
