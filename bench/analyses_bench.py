@@ -542,7 +542,7 @@ def main() -> int:
     ap.add_argument("--poll-seconds", type=float, default=10.0, help="seconds of load per status-poll row")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
     ap.add_argument("--timeout", type=float, default=1200, help="hard time limit of the whole bench, seconds")
-    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     ap.add_argument("--note", action="append", default=[], help="a finding to add under the figures")
     args = ap.parse_args()
     if args.video_seconds <= CLIP_SECONDS:
@@ -563,7 +563,7 @@ def main() -> int:
     text = render(args, res, time.monotonic() - started)
     from common import publish
 
-    publish(SECTION, text, no_write=args.no_write)
+    publish(SECTION, text, no_write=not args.write)
     return 0
 
 

@@ -137,7 +137,7 @@ def main() -> int:
     ap.add_argument("--size", default="320x240")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--time-limit", type=float, default=900)
-    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     args = ap.parse_args()
     procs = Processes()
     with time_limit(args.time_limit), disk_tempdir("camera-bench-") as tmp:
@@ -190,7 +190,7 @@ rounds, medians; {scale}. Generating the images (one ffmpeg command + renames) t
 Machine: {machine_note()}.
 """
     print(body)
-    if not args.no_write:
+    if args.write:
         write_section(SECTION, body)
     return 0 if ratio <= 1.2 else 1
 

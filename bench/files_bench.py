@@ -16,7 +16,7 @@
 
     .venv/bin/python bench/files_bench.py                 # full scale: 1 GiB (2 GiB for RSS)
     .venv/bin/python bench/files_bench.py --size 256M     # reduced scale
-    .venv/bin/python bench/files_bench.py --only upload,download --no-write
+    .venv/bin/python bench/files_bench.py --only upload,download
 
 nginx comes from Debian (``apt-get install -y nginx``, as root or with sudo) when it
 is missing; the download part is skipped if it cannot be installed.
@@ -542,7 +542,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs of each upload/download measurement (median)")
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts among {','.join(PARTS)}")
     ap.add_argument("--timeout", type=float, default=1200, help="hard time limit of the whole bench, seconds")
-    ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     ap.add_argument("--note", action="append", default=[], help="a finding to add under the figures")
     args = ap.parse_args()
     if not shutil.which("curl"):
@@ -562,7 +562,7 @@ def main() -> int:
     text = render(args, res, time.monotonic() - started)
     from common import publish
 
-    publish(SECTION, text, no_write=args.no_write)
+    publish(SECTION, text, no_write=not args.write)
     return 0
 
 

@@ -192,6 +192,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     args = ap.parse_args()
     procs = Processes()
     with disk_tempdir("storaged-load-") as tmp, time_limit(args.seconds + 240):
@@ -213,7 +214,8 @@ def main() -> int:
                     os.kill(int(json.loads(pidfile.read_text())["pid"]), signal.SIGTERM)
     body = report(lat, errors, jobs, elapsed, status, args.seconds, args.connections)
     print(body)
-    write_section("load and reliability", body + "\n\n" + RELIABILITY)
+    if args.write:
+        write_section("load and reliability", body + "\n\n" + RELIABILITY)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Per-race splitting of a 1 h session through HTTP vs the same single ffmpeg command by hand.
 
-    .venv/bin/python bench/split_races.py [--hours 1] [--races 20] [--race-seconds 120] [--runs 3] [--no-write]
+    .venv/bin/python bench/split_races.py [--hours 1] [--races 20] [--race-seconds 120] [--runs 3] [--write]
 
 Generates (once; cached in the system temp dir) an H.264/AAC session video
 with ffmpeg (160x120, 25 fps, keyframe every 2 s, ``-preset ultrafast``),
@@ -210,15 +210,14 @@ def main() -> None:
     parser.add_argument("--races", type=int, default=20)
     parser.add_argument("--race-seconds", type=float, default=120.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     args = parser.parse_args()
     res = asyncio.run(main_async(args))
     ratio = res["ours"] / res["hand"]
     print(f"storaged {res['ours']:.2f} s vs by hand {res['hand']:.2f} s: {ratio:.2f}x (goal <= {GOAL}x)")
-    if not args.no_write:
+    if args.write:
         write_section(args, res)
 
 
 if __name__ == "__main__":
-    os.chdir(ROOT)
     main()

@@ -1,6 +1,6 @@
 """Videostreams overlap queries: the in-memory index vs SQLite, over HTTP, and daemon start-up.
 
-    .venv/bin/python bench/videostreams_query.py [--records 100000] [--queries 2000] [--no-write]
+    .venv/bin/python bench/videostreams_query.py [--records 100000] [--queries 2000] [--write]
 
 Writes 100,000 videostream records (60 days, 10 capture sources, durations
 log-uniform 30 s .. 6 h, the last stream of each source still live) straight
@@ -239,7 +239,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--days", type=int, default=60)
     ap.add_argument("--sources", type=int, default=10)
-    ap.add_argument("--no-write", action="store_true", help="print, do not touch BENCHMARKS.md")
+    ap.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md (otherwise only print them)")
     args = ap.parse_args()
     rng = random.Random(20230607)
     rows = make_records(args.records, args.sources, args.days, rng)
@@ -329,7 +329,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if not args.no_write:
+    if args.write:
         write_section(text)
 
 
