@@ -1,0 +1,315 @@
+"""The store's and the settings' promises, stated as tests that fail when the promise is broken.
+
+Each test names a promise a mutation of the code once broke without any test
+noticing (lock files deleted, a leaking waiter count, writes that skip fsync,
+a directory walk that stops at a stray entry, an unpinned on-disk format,
+settings read from ini/env, the interval index's bounds and limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from storaged import config as cfg
+from storaged.store import atomic
+from storaged.store.atomic import PathLock, async_lock, dumps, write_bytes, write_json
+from storaged.store.layout import Layout
+from storaged.store.objects import ObjectStore
+from storaged.store.records import RecordStore
+from storaged.videostreams.timeindex import TimeIndex
+
+# -- locks -----------------------------------------------------------------------------------
+
+
+async def test_lock_files_are_kept_under_load(data_dir):
+    """A lock file is never unlinked while the daemon runs: it keeps one inode through every hand-over."""
+    layout = Layout(data_dir)
+    store = RecordStore(layout, "sessions")
+    record = await store.create({"n": 0})
+    lock_file = layout.lock_for("sessions", str(record["id"]))
+    seen: set[int | None] = set()
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            try:
+                seen.add(os.stat(lock_file).st_ino)
+            except FileNotFoundError:
+                seen.add(None)
+            await asyncio.sleep(0)
+
+    async def bump(_: int) -> None:
+        await store.update(record["id"], lambda r: {**r, "n": r["n"] + 1})
+
+    await bump(0)  # the first lock creates the file
+    watcher = asyncio.create_task(watch())
+    await asyncio.gather(*(bump(i) for i in range(40)))
+    done.set()
+    await watcher
+    assert (await store.get(record["id"]))["n"] == 41
+    assert None not in seen, "the lock file was missing at some point under load"
+    assert len(seen) == 1, f"the lock file was recreated ({len(seen)} inodes)"
+    assert lock_file.exists()
+    # filelock itself is told to keep it: on Unix that also refuses its soft-lock fallback (on a
+    # filesystem without flock), whose release would unlink the file a waiter holds open.
+    async with async_lock(lock_file) as held:
+        assert held._file.preserve_lock_file is True
+    assert atomic.sync_lock(lock_file).preserve_lock_file is True
+    # The same for objects: two puts of one id leave its lock file in place.
+    objects = ObjectStore(layout, max_size=1 << 20)
+    layout.ensure()
+
+    async def chunks():
+        yield b"same bytes"
+    a, b = await asyncio.gather(objects.put(chunks(), "a"), objects.put(chunks(), "b"))
+    assert layout.object_lock(a["file_id"]).exists()
+
+
+async def test_path_lock_waiter_count_does_not_leak(tmp_path):
+    """The per-path entry counts holders and waiters, and goes away with the last of them."""
+    path = tmp_path / "locks" / "thing.lock"
+    key_of = lambda: (id(asyncio.get_running_loop()), str(path))  # noqa: E731
+    holder_in, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with async_lock(path):
+            holder_in.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with async_lock(path):
+            pass
+
+    held = asyncio.create_task(holder())
+    await holder_in.wait()
+    waiters = [asyncio.create_task(waiter()) for _ in range(3)]
+    doomed = asyncio.create_task(waiter())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert PathLock._local[key_of()][1] == 5, "holder + 4 waiters"
+    doomed.cancel()  # a waiter that gives up must not stay counted
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert PathLock._local[key_of()][1] == 4
+    release.set()
+    await asyncio.gather(held, *waiters)
+    assert key_of() not in PathLock._local, "the entry outlived its last user"
+    # A lock that times out on the file (held by another process) is not counted either.
+    other = atomic.sync_lock(path)
+    other.acquire()
+    try:
+        with pytest.raises(Exception):
+            async with PathLock(path, timeout=0.05):
+                pass
+    finally:
+        other.release()
+    assert key_of() not in PathLock._local
+
+
+# -- durable writes ------------------------------------------------------------------------------
+
+
+class SyscallTrace:
+    """Records fsync (by path) and rename calls in order."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        real_fsync, real_rename = os.fsync, os.rename
+
+        def fsync(fd):
+            self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+            return real_fsync(fd)
+
+        def rename(src, dst, **kw):
+            self.events.append(("rename", os.fspath(dst)))
+            return real_rename(src, dst, **kw)
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "rename", rename)
+
+    def index(self, event: tuple[str, str]) -> int:
+        assert event in self.events, f"{event} not in {self.events}"
+        return self.events.index(event)
+
+
+@pytest.mark.parametrize("write", [lambda p: write_json(p, {"a": 1}), lambda p: write_bytes(p, b'{"a": 1}')],
+                         ids=["write_json", "write_bytes"])
+def test_writes_are_durable_by_default_file_then_rename_then_directory(tmp_path, monkeypatch, write):
+    trace = SyscallTrace(monkeypatch)
+    final = tmp_path / "record.json"
+    write(final)  # no durable= argument: the default must be durable
+    renamed = trace.index(("rename", str(final)))
+    synced_file = [i for i, (op, p) in enumerate(trace.events)
+                   if op == "fsync" and Path(p).name.startswith(".record.json.")]
+    assert synced_file and synced_file[0] < renamed, "the temp file was not fsynced before the rename"
+    assert trace.index(("fsync", str(tmp_path))) > renamed, "the directory was not fsynced after the rename"
+    assert json.loads(final.read_bytes()) == {"a": 1}
+
+
+def test_a_hint_written_with_durable_false_skips_fsync(tmp_path, monkeypatch):
+    trace = SyscallTrace(monkeypatch)
+    write_bytes(tmp_path / "hint", b"1", durable=False)
+    assert [op for op, _ in trace.events] == ["rename"]
+
+
+async def test_record_creates_and_object_puts_are_fsynced(data_dir, monkeypatch):
+    layout = Layout(data_dir)
+    layout.ensure()
+    store = RecordStore(layout, "events")
+    trace = SyscallTrace(monkeypatch)
+    record = await store.create({"type": "lap"})
+    path = store.path(record["id"])
+    renamed = trace.index(("rename", str(path)))
+    assert trace.index(("fsync", str(path.parent))) > renamed
+
+    objects = ObjectStore(layout, max_size=1 << 20)
+
+    async def chunks():
+        yield b"durable bytes"
+    meta = await objects.put(chunks(), "d.bin")
+    od = layout.object_dir(meta["file_id"])
+    renamed = trace.index(("rename", str(od)))
+    assert trace.index(("fsync", str(od.parent))) > renamed, "the fan-out directory was not fsynced"
+    upload_syncs = [i for i, (op, p) in enumerate(trace.events) if op == "fsync" and "/tmp/upload-" in p]
+    assert upload_syncs and upload_syncs[0] < renamed, "the uploaded bytes were not fsynced before the commit"
+
+
+# -- layout walk ---------------------------------------------------------------------------------
+
+def test_object_ids_walk_past_every_stray_entry(data_dir):
+    layout = Layout(data_dir)
+    layout.ensure()
+    ids = ["00" + "1" * 62, "7f" + "2" * 62, "7f" + "3" * 62, "ff" + "4" * 62]
+    for oid in ids:
+        layout.object_dir(oid).mkdir(parents=True)
+    # Strays that sort before, between and after the objects.
+    (data_dir / "0a").write_text("a file where a fan-out directory would be")
+    (data_dir / "1junk").mkdir()
+    (data_dir / "7f" / "0-not-an-id").mkdir()
+    (data_dir / "7f" / "zz").write_text("junk")
+    (data_dir / "ab").mkdir()
+    (data_dir / "lost+found").mkdir()
+    (data_dir / "sessions").mkdir()
+    assert list(layout.object_ids()) == ids
+
+
+# -- on-disk JSON format -------------------------------------------------------------------------
+
+def test_on_disk_json_format_is_pinned(data_dir):
+    """Sorted keys, two-space indent, UTF-8 (not \\u escapes), one trailing newline."""
+    assert dumps({"b": [1, 2], "a": "é"}) == '{\n  "a": "é",\n  "b": [\n    1,\n    2\n  ]\n}\n'.encode()
+
+
+async def test_records_and_meta_are_written_in_that_format(data_dir):
+    layout = Layout(data_dir)
+    layout.ensure()
+    store = RecordStore(layout, "sessions")
+    record = await store.create({"video_url": "/vidéo.mp4", "created": "2024-01-01T00:00:00Z"})
+    assert store.path(record["id"]).read_bytes() == (
+        '{\n  "created": "2024-01-01T00:00:00Z",\n  "id": %d,\n  "video_url": "/vidéo.mp4"\n}\n'
+        % record["id"]).encode()
+
+    async def chunks():
+        yield b"x"
+    meta = await ObjectStore(layout, max_size=10).put(chunks(), "x.txt")
+    raw = (layout.object_dir(meta["file_id"]) / "meta.json").read_bytes()
+    stored = {k: v for k, v in meta.items() if k != "deduplicated"}
+    assert raw == dumps(stored) and list(json.loads(raw)) == sorted(stored)
+
+
+# -- settings ---------------------------------------------------------------------------------------
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("raw, value", [("yes", True), ("on", True), ("true", True), ("1", True),
+                                        ("no", False), ("off", False), ("false", False), ("0", False)])
+def test_booleans_from_ini_and_env(tmp_path, raw, value):
+    ini = tmp_path / "s.ini"
+    ini.write_text(f"[storaged]\naccess_log = {raw}\njob_zygote = {raw}\n")
+    conf = cfg.load(parse(["--config", str(ini)]), env={})
+    assert conf.access_log is value and conf.job_zygote is value
+    conf = cfg.load(parse([]), env={"STORAGED_ACCESS_LOG": raw, "STORAGED_JOB_ZYGOTE": raw})
+    assert conf.access_log is value and conf.job_zygote is value
+
+
+def test_a_bad_boolean_names_the_setting(tmp_path):
+    with pytest.raises(cfg.ConfigError, match="access_log"):
+        cfg.load(parse([]), env={"STORAGED_ACCESS_LOG": "maybe"})
+
+
+def test_durations_and_paths_from_ini_and_env(tmp_path):
+    ini = tmp_path / "s.ini"
+    ini.write_text("[storaged]\nshutdown_timeout = 90s\njanitor_interval = 15m\ntemp_max_age = 2h\n"
+                   "camera_output_expiry = 1d\ndata_dir = /srv/from-ini\n")
+    conf = cfg.load(parse(["--config", str(ini)]), env={})
+    assert (conf.shutdown_timeout, conf.janitor_interval, conf.temp_max_age, conf.camera_output_expiry) == \
+        (90.0, 900.0, 7200.0, 86400.0)
+    assert conf.data_dir == Path("/srv/from-ini") and isinstance(conf.data_dir, Path)
+    conf = cfg.load(parse(["--config", str(ini)]),
+                    env={"STORAGED_SHUTDOWN_TIMEOUT": "5m", "STORAGED_DATA_DIR": "/srv/from-env"})
+    assert conf.shutdown_timeout == 300.0 and conf.janitor_interval == 900.0
+    assert conf.data_dir == Path("/srv/from-env") and isinstance(conf.data_dir, Path)
+    with pytest.raises(cfg.ConfigError, match="shutdown_timeout"):
+        cfg.load(parse([]), env={"STORAGED_SHUTDOWN_TIMEOUT": "soon"})
+
+
+def test_the_default_ini_is_read_when_present_and_nothing_else_is_named(tmp_path, monkeypatch):
+    assert cfg.DEFAULT_INI == Path("/etc/storaged/storaged.ini")
+    fallback = tmp_path / "etc-storaged.ini"
+    monkeypatch.setattr(cfg, "DEFAULT_INI", fallback)
+    assert cfg.load(parse([]), env={}).port == 8064  # absent: defaults
+    fallback.write_text("[storaged]\nport = 9100\naccess_log = on\n")
+    conf = cfg.load(parse([]), env={})
+    assert conf.port == 9100 and conf.access_log is True
+    named = tmp_path / "named.ini"
+    named.write_text("[storaged]\nport = 9200\n")
+    assert cfg.load(parse(["--config", str(named)]), env={}).port == 9200, "--config replaces the fallback"
+    assert cfg.load(parse([]), env={"STORAGED_CONFIG": str(named)}).port == 9200
+    assert cfg.load(parse([]), env={"STORAGED_PORT": "9300"}).port == 9300
+
+
+# -- videostreams interval index ---------------------------------------------------------------
+
+def test_an_overlap_query_without_a_start_bound_stops_at_its_end():
+    index = TimeIndex.build([(1, 100, 200, None), (2, 1000, 2000, None), (3, 1001, 1500, None),
+                             (4, 999, 5000, None), (5, 5000, None, None)])
+    assert index.query(None, 1000) == [(100, 1), (999, 4), (1000, 2)], "an entry starting after the end"
+    assert index.query(None, 999) == [(100, 1), (999, 4)]
+    assert index.query(150, 1000) == [(100, 1), (999, 4), (1000, 2)]
+    assert index.query(1500, 1000) == []
+    assert index.query(None, None) == [(100, 1), (999, 4), (1000, 2), (1001, 3), (5000, 5)]
+    assert index.query(2001, None) == [(999, 4), (5000, 5)]
+
+
+@pytest.mark.parametrize("qs", [None, 0, 500])
+def test_the_index_honours_limit_in_every_run(qs):
+    # Durations of different classes put entries in different runs, plus live ones.
+    entries = []
+    for i in range(1, 61):
+        start = i * 100
+        end = None if i % 10 == 0 else start + (1, 50, 5000, 500000)[i % 4]
+        entries.append((i, start, end, None))
+    index = TimeIndex.build(entries)
+    everything = index.query(qs, 10_000)
+    assert len(everything) > 20
+    for limit in (1, 2, 7, 20):
+        assert index.query(qs, 10_000, limit=limit) == everything[:limit]
+    page, after, pages = [], None, 0
+    while True:
+        chunk = index.query(qs, 10_000, after=after, limit=7)
+        if not chunk:
+            break
+        assert len(chunk) <= 7
+        page += chunk
+        after = chunk[-1]
+        pages += 1
+    assert page == everything and pages == -(-len(everything) // 7)
