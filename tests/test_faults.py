@@ -154,13 +154,17 @@ async def test_a_half_written_record_answers_a_specific_error_and_listings_say_t
     assert resp.headers["Storaged-Skipped-Records"] == name
     # A listing with nothing damaged carries no such header.
     assert "Storaged-Skipped-Records" not in (await client.get("/races")).headers
+    # The next id is past the damaged one: a create never overwrites the evidence.
+    resp = await client.post("/sessions", json={"video_url": "/new.mp4"})
+    assert (await resp.json())["id"] > ids[2] and len(path.read_bytes()) == 15
 
     code, text = fsck(data_dir, repair=True)
     assert code == 1 and name in text, text
+    assert (data_dir / "lost+found" / name).is_file()
+    client = await make_client()
     resp = await client.get(f"/sessions/{ids[1]}")
     assert resp.status == 404
     assert "Storaged-Skipped-Records" not in (await client.get("/sessions")).headers
-    assert (data_dir / "lost+found" / name).is_file()
 
 
 async def test_a_damaged_object_meta_is_reported_by_the_file_listing_and_named_by_its_get(client, data_dir):

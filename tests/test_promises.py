@@ -22,7 +22,7 @@ from storaged.store.atomic import PathLock, async_lock, dumps, write_bytes, writ
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.store.records import RecordStore
-from storaged.videostreams.timeindex import TimeIndex
+from storaged.store.timeindex import TimeIndex
 
 # -- locks -----------------------------------------------------------------------------------
 

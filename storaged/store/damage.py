@@ -18,11 +18,14 @@ import logging
 log = logging.getLogger("storaged.store")
 
 SKIPPED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("storaged_skipped", default=None)
+_warned: set[str] = set()  # one warning per damaged file per process: listings are polled
 
 
 def skipped(name: str, why: str) -> None:
     """Note that the record ``name`` (relative to the data root) was left out of a listing."""
-    log.warning("skipped damaged record %s (%s); run `storaged fsck`", name, why)
+    if name not in _warned:
+        _warned.add(name)
+        log.warning("skipped damaged record %s (%s); run `storaged fsck`", name, why)
     found = SKIPPED.get()
     if found is not None:
         found.append(name)
