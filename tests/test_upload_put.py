@@ -78,6 +78,8 @@ def test_a_good_upload_is_told_to_continue(d, method, path):
     ("PUT", "/upload?name=a.bin", ("Authorization: Bearer wrong",), 401, b"unauthorized"),
     ("POST", "/upload", (), 401, b"unauthorized"),
     ("PATCH", "/upload", (AUTH,), 405, b"Method Not Allowed"),
+    ("PATCH", "/files/0123456789abcdef0123456789abcdef", ("Tus-Resumable: 1.0.0",), 401, b"unauthorized"),
+    ("POST", "/files/", ("Tus-Resumable: 1.0.0", "Upload-Length: 10"), 401, b"unauthorized"),
     ("PUT", "/no/such/route", (AUTH,), 404, b"Not Found"),
 ])
 def test_a_doomed_upload_is_refused_before_the_body(d, method, path, extra, status, words):

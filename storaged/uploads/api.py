@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from storaged.web import openapi
+from storaged.api.expect import continue_unless
 from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
 from storaged.errors import BadRequest, StoragedError
 from storaged.store.objects import download_link
@@ -160,6 +161,10 @@ def _state_headers(request: web.Request, info: dict) -> dict[str, str]:
 
 # -- routes ------------------------------------------------------------------------------
 
+# A client sending `Expect: 100-continue` with a wrong token is refused before its body.
+_EXPECT = continue_unless()
+
+
 @routes.options("/files")
 @routes.options("/files/")
 @routes.options("/files/{upload_id}")
@@ -173,8 +178,8 @@ async def discover(request: web.Request) -> web.Response:
     })
 
 
-@routes.post("/files")
-@routes.post("/files/")
+@routes.post("/files", expect_handler=_EXPECT)
+@routes.post("/files/", expect_handler=_EXPECT)
 async def create(request: web.Request) -> web.Response:
     """Create an upload (tus creation); a body with Content-Type application/offset+octet-stream is its first bytes.
 
@@ -221,7 +226,7 @@ async def head(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=_state_headers(request, info))
 
 
-@routes.patch("/files/{upload_id}")
+@routes.patch("/files/{upload_id}", expect_handler=_EXPECT)
 async def patch(request: web.Request) -> web.Response:
     """tus core: append the body at `Upload-Offset` (Content-Type application/offset+octet-stream).
 
@@ -250,7 +255,7 @@ async def terminate(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@routes.post("/files/{upload_id}")
+@routes.post("/files/{upload_id}", expect_handler=_EXPECT)
 async def method_override(request: web.Request) -> web.StreamResponse:
     """POST with `X-HTTP-Method-Override: PATCH|DELETE|HEAD`, for clients that cannot send those methods."""
     check_upload_id(request.match_info["upload_id"])
