@@ -10,7 +10,8 @@ from typing import AsyncIterator
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from storaged.web import openapi
+from storaged.web import landing, openapi
+from storaged.web.page import esc, human_duration, human_size, table
 from storaged.api.keys import AFTER_PUT, CONFIG, ENSURE_LOCAL, LAYOUT, READ_THROUGH
 from storaged.errors import StoragedError
 from storaged.store.atomic import async_lock
@@ -41,6 +42,7 @@ def setup(app: web.Application) -> None:
     app[READ_THROUGH].append(read_through)
     app[ENSURE_LOCAL].append(lambda oid, meta: ensure_local(tier, oid, meta))
     app.cleanup_ctx.append(_tier_ctx)
+    landing.add_section(app, tier_section, 60)
 
 
 async def _tier_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,6 +114,19 @@ async def tier_status(request: web.Request) -> web.Response:
     """The storage tier: backlog (items, bytes, oldest age), last error, counters."""
     tier = request.app.get(TIER)
     return web.json_response(tier.status() if tier is not None else {"enabled": False})
+
+
+async def tier_section(request: web.Request) -> str:
+    """The landing page's storage tier section: the outbox and the last error."""
+    s = request.app[TIER].status()
+    rows = [["backlog", f"{s['backlog']} item(s), {esc(human_size(s['backlog_bytes']))}"],
+            ["oldest entry", esc(human_duration(s["oldest_age"])) if s["backlog"] else "—"],
+            ["uploading now", str(s["uploading"])],
+            ["verified remote since start", f"{s['items']} item(s), {esc(human_size(s['bytes']))} "
+                                            f"({s['deduplicated']} file(s) already in the bucket)"],
+            ["last error", esc(s["last_error"]) if s["last_error"] else "none"]]
+    return (f"<h2>Storage tier</h2><p class=\"muted\">bucket {esc(s['bucket'])}, box {esc(s['box'])} — "
+            f"<a href=\"/tier\">/tier</a></p>" + table(["", ""], rows))
 
 
 class _TierCollector:

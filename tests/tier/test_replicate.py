@@ -161,3 +161,14 @@ def test_daemon_sigkilled_mid_multipart_resumes_and_completes(daemon, swift, buc
     assert hashlib.sha256(body).hexdigest() == oid
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert not entry_path.exists()
+
+
+def test_landing_page_shows_the_tier(daemon, swift, bucket) -> None:
+    d = daemon(*tier_args(swift, bucket), env={"AWS_ACCESS_KEY_ID": "test:tester", "AWS_SECRET_ACCESS_KEY": "nope"})
+    upload(d, b"waiting for good credentials", "w.txt")
+    wait_until_sync(lambda: tier_status(d)["last_error"], timeout=30, what="a tier error")
+    html = http("GET", f"{d.url}/")[2].decode()
+    assert "<h2>Storage tier</h2>" in html
+    assert f"bucket {bucket}, box box-a" in html
+    assert "1 item(s)" in html
+    assert "the engine refused our credentials" in html

@@ -1,0 +1,163 @@
+"""Benchmark: replication to the storage tier vs a plain boto3 loop to the same engine.
+
+The engine is a one-node OpenStack Swift with its S3 API on loopback (the one the
+tests use, tests/swift_engine.py), on the same machine as everything else.
+
+* yardstick: ``boto3`` ``upload_file`` (its default transfer settings: multipart
+  above 8 MiB, 10 threads per file) of every file, one after the other, into a
+  fresh bucket;
+* storaged: the same files stored as objects in a data root, then a daemon with
+  ``tier_bucket`` set to a fresh bucket: the time from its start (``/healthz``
+  answering) until ``/tier`` shows every object replicated and verified (the walk
+  that queues them, HEADs, PUTs/parts with Content-MD5, the read-back HEAD,
+  ``meta.json`` and ``remote.json`` included).
+
+Goal: storaged's throughput >= 0.8x the yardstick's.  ``--total`` bytes of mixed
+sizes (48 MiB down to 30 KiB: a few recordings, clips and many small files).
+
+    .venv/bin/python bench/tier.py                      # full scale: 1 GiB, 2 runs each (median)
+    .venv/bin/python bench/tier.py --total 256M --runs 1
+    .venv/bin/python bench/tier.py --write              # also write the section into BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import (  # noqa: E402
+    MiB,
+    Processes,
+    disk_tempdir,
+    human_size,
+    machine_note,
+    mb_s,
+    median,
+    parse_size,
+    publish,
+    start_daemon,
+    time_limit,
+    write_random_file,
+)
+from tests.swift_engine import ACCESS_KEY, REGION, SECRET_KEY, SwiftEngine  # noqa: E402
+
+HEADING = "Storage tier: replication vs a plain boto3 loop"
+KiB = 1024
+PATTERN = [48 * MiB, 12 * MiB, 3 * MiB, 1 * MiB, 1 * MiB, 300 * KiB, 300 * KiB, 100 * KiB, 100 * KiB, 100 * KiB,
+           30 * KiB, 30 * KiB, 30 * KiB, 30 * KiB, 30 * KiB]
+
+
+def make_files(where: Path, total: int) -> list[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    files, made, i = [], 0, 0
+    while made < total:
+        size = min(PATTERN[i % len(PATTERN)], total - made)
+        path = where / f"f{i:05d}.bin"
+        write_random_file(path, size)
+        files.append(path)
+        made += size
+        i += 1
+    return files
+
+
+def store(files: list[Path], data_dir: Path) -> None:
+    from storaged.store.layout import Layout
+    from storaged.store.objects import ObjectStore
+
+    layout = Layout(data_dir)
+    layout.ensure()
+    objects = ObjectStore(layout, max_size=1 << 40)
+    for path in files:
+        copy = layout.tmp / f"bench-{path.name}"
+        shutil.copyfile(path, copy)
+        objects.put_file_blocking(copy, path.name)
+
+
+def reset_tier_state(data_dir: Path) -> None:
+    shutil.rmtree(data_dir / "tier", ignore_errors=True)
+    for meta in data_dir.glob("??/*/remote.json"):
+        meta.unlink()
+
+
+def yardstick(engine: SwiftEngine, bucket: str, files: list[Path]) -> float:
+    s3 = engine.client()
+    s3.create_bucket(Bucket=bucket)
+    began = time.monotonic()
+    for path in files:
+        s3.upload_file(str(path), bucket, f"plain/{path.name}")
+    return time.monotonic() - began
+
+
+def replicate(engine: SwiftEngine, bucket: str, data_dir: Path, count: int, procs: Processes, log: Path) -> float:
+    engine.client().create_bucket(Bucket=bucket)
+    reset_tier_state(data_dir)
+    os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    proc, url = start_daemon(procs, data_dir, log, "--tier-bucket", bucket, "--tier-endpoint", engine.endpoint,
+                             "--tier-region", REGION, "--tier-box", "bench", "--tier-scan-interval", "1h",
+                             "--janitor-interval", "0")
+    began = time.monotonic()
+    try:
+        while True:
+            with urllib.request.urlopen(url + "/tier", timeout=30) as resp:
+                status = json.loads(resp.read())
+            if status["items"] >= count and status["backlog"] == 0:
+                elapsed = time.monotonic() - began
+                break
+            if status["failures"]:
+                raise RuntimeError(f"replication failed: {status['last_error']}")
+            time.sleep(0.2)
+    finally:
+        procs.stop(proc)
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--total", default="1G", help="bytes of mixed objects (default 1G)")
+    ap.add_argument("--runs", type=int, default=2, help="runs of each side (median)")
+    ap.add_argument("--timeout", type=float, default=3600, help="hard time limit of the whole bench, seconds")
+    ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
+    args = ap.parse_args()
+    total = parse_size(args.total)
+    procs = Processes()
+    with time_limit(args.timeout), disk_tempdir("storaged-bench-tier-") as tmp:
+        engine = SwiftEngine(tmp / "swift")
+        try:
+            engine.start()
+            files = make_files(tmp / "files", total)
+            size = sum(p.stat().st_size for p in files)
+            store(files, tmp / "data")
+            plain, ours = [], []
+            for run in range(args.runs):
+                plain.append(yardstick(engine, f"plain-{run}", files))
+                ours.append(replicate(engine, f"tier-{run}", tmp / "data", len(files), procs, tmp / "daemon.log"))
+                print(f"run {run + 1}: boto3 loop {plain[-1]:.1f}s, storaged {ours[-1]:.1f}s", file=sys.stderr)
+        finally:
+            procs.stop_all()
+            engine.stop()
+    p, o = median(plain), median(ours)
+    text = (
+        f"`.venv/bin/python bench/tier.py --total {args.total} --runs {args.runs}`: {len(files)} objects, "
+        f"{human_size(size)} of mixed sizes (48 MiB down to 30 KiB), to a one-node Swift (S3 API) on the same "
+        f"machine; median of {args.runs} run(s) each.\n\n"
+        "| what | time | throughput | vs yardstick |\n| --- | --- | --- | --- |\n"
+        f"| boto3 `upload_file` loop (yardstick) | {p:.1f} s | {mb_s(size, p):.1f} MB/s | 1.00x |\n"
+        f"| storaged replication (walk, dedupe HEAD, PUT/parts + Content-MD5, read-back HEAD, meta.json, "
+        f"remote.json) | {o:.1f} s | {mb_s(size, o):.1f} MB/s | {p / o:.2f}x (goal >= 0.8x) |\n\n"
+        f"Defaults: `tier_concurrency` 4, `tier_part_size` 16M. {machine_note()}.\n"
+    )
+    publish(HEADING, text, no_write=not args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
