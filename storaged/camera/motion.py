@@ -51,6 +51,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
+from storaged.backoff import Backoff
 from storaged.camera import images
 from storaged.media import ffmpeg as ff
 from storaged.store.atomic import write_bytes
@@ -317,7 +318,7 @@ class CameraSupervisor:
         return when.replace(tzinfo=self.tz).isoformat(timespec="milliseconds") if when else None
 
     async def _loop(self) -> None:
-        delay = 1.0
+        backoff = Backoff(1.0, self.backoff_max, jitter=0)
         first = True
         while True:
             if not first:
@@ -333,11 +334,11 @@ class CameraSupervisor:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("camera %d: capture run failed", self.spec.number)
             if self.images_saved > saved_before or time.monotonic() - began > self.backoff_max:
-                delay = 1.0
+                backoff.succeeded()
+            delay = backoff.failed()
             log.warning("camera %d: ffmpeg ended (%s); restarting in %.0f s", self.spec.number,
                         self.last_error, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
 
     async def _run_once(self) -> None:
         argv = ffmpeg_argv(self.spec)

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from storaged.backoff import Backoff
 from storaged.config import Config
 from storaged.errors import NotFound, StoragedError
 from storaged.recording import index as idx
@@ -420,7 +421,7 @@ class Recorder:
 
     async def _supervise(self) -> None:
         svc, cfg = self.svc, self.svc.config
-        backoff = 1.0
+        backoff = Backoff(1.0, cfg.stream_restart_max_backoff, jitter=0)
         while True:
             if self.proc is None:
                 spawn = asyncio.ensure_future(svc._spawn(self.stream_id, self.url))
@@ -431,10 +432,10 @@ class Recorder:
                     self.proc = await spawn
                     raise
                 except Exception as exc:  # e.g. a full disk refusing the state write: try again later
+                    delay = backoff.failed()
                     log.warning("stream %d: cannot start a run (%s); retrying in %.0fs", self.stream_id, exc,
-                                backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, cfg.stream_restart_max_backoff)
+                                delay)
+                    await asyncio.sleep(delay)
                     continue
             proc = self.proc
             try:
@@ -446,17 +447,18 @@ class Recorder:
                 await proc.stop(STOP_STEP_TIMEOUT)
             else:
                 await asyncio.to_thread(proc.forget_blocking)
+            if recorded:
+                backoff.succeeded()
+            delay = backoff.failed()
             log.warning("stream %d: run %d ended (%s); restarting in %.0fs", self.stream_id, proc.run,
-                        reason, 1.0 if recorded else backoff)
+                        reason, delay)
             self.proc = None
             try:
                 await svc._end_run(self.stream_id, proc.run, reason)
                 await svc.update_state(self.stream_id, _count_restart)
             except Exception as exc:  # bookkeeping only (e.g. a full disk): the recording must go on
                 log.warning("stream %d: could not record the end of run %d: %s", self.stream_id, proc.run, exc)
-            backoff = 1.0 if recorded else backoff
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, cfg.stream_restart_max_backoff)
+            await asyncio.sleep(delay)
 
     async def _watch(self, proc: Segmenter) -> tuple[str, bool]:
         """Until the run ends: why it ended, and whether it recorded anything."""
