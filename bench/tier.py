@@ -15,6 +15,11 @@ tests use, tests/swift_engine.py), on the same machine as everything else.
 Goal: storaged's throughput >= 0.8x the yardstick's.  ``--total`` bytes of mixed
 sizes (48 MiB down to 30 KiB: a few recordings, clips and many small files).
 
+* the daemon's own upload and download while it replicates: ``curl -T`` of a
+  ``--load-size`` file to ``POST /upload`` and ``curl -o /dev/null`` of it from
+  ``/download``, on a daemon without a tier and on one replicating the
+  ``--total`` backlog at the same time.  Goal: no regression beyond 10 %.
+
     .venv/bin/python bench/tier.py                      # full scale: 1 GiB, 2 runs each (median)
     .venv/bin/python bench/tier.py --total 256M --runs 1
     .venv/bin/python bench/tier.py --write              # also write the section into BENCHMARKS.md
@@ -120,10 +125,49 @@ def replicate(engine: SwiftEngine, bucket: str, data_dir: Path, count: int, proc
     return elapsed
 
 
+def curl_upload_download(url: str, path: Path) -> tuple[float, float]:
+    import subprocess
+
+    began = time.monotonic()
+    out = subprocess.run(["curl", "-sS", "--fail", "-T", str(path), f"{url}/upload?name={path.name}"],
+                         capture_output=True, text=True, check=True, timeout=600).stdout
+    up = time.monotonic() - began
+    file_id = json.loads(out)["file_id"]
+    began = time.monotonic()
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", f"{url}/download/{file_id}"], check=True,
+                   timeout=600)
+    return up, time.monotonic() - began
+
+
+def load_side(engine: SwiftEngine | None, bucket: str, data_dir: Path, loads: list[Path], procs: Processes,
+              log: Path) -> tuple[list[float], list[float], int]:
+    """(upload seconds, download seconds, tier backlog left at the end) for each load file."""
+    extra = ["--janitor-interval", "0"]
+    if engine is not None:
+        engine.client().create_bucket(Bucket=bucket)
+        reset_tier_state(data_dir)
+        extra += ["--tier-bucket", bucket, "--tier-endpoint", engine.endpoint, "--tier-region", REGION,
+                  "--tier-box", "bench", "--tier-scan-interval", "1h"]
+    proc, url = start_daemon(procs, data_dir, log, *extra)
+    ups, downs = [], []
+    try:
+        for path in loads:
+            up, down = curl_upload_download(url, path)
+            ups.append(up)
+            downs.append(down)
+        with urllib.request.urlopen(url + "/tier", timeout=30) as resp:
+            backlog = json.loads(resp.read()).get("backlog", 0)
+    finally:
+        procs.stop(proc)
+    return ups, downs, backlog
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--total", default="1G", help="bytes of mixed objects (default 1G)")
     ap.add_argument("--runs", type=int, default=2, help="runs of each side (median)")
+    ap.add_argument("--load-size", default="256M", help="size of each upload/download of the load part")
+    ap.add_argument("--load-runs", type=int, default=3, help="uploads+downloads on each side of the load part")
     ap.add_argument("--timeout", type=float, default=3600, help="hard time limit of the whole bench, seconds")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
@@ -141,6 +185,17 @@ def main() -> int:
                 plain.append(yardstick(engine, f"plain-{run}", files))
                 ours.append(replicate(engine, f"tier-{run}", tmp / "data", len(files), procs, tmp / "daemon.log"))
                 print(f"run {run + 1}: boto3 loop {plain[-1]:.1f}s, storaged {ours[-1]:.1f}s", file=sys.stderr)
+            load_size = parse_size(args.load_size)
+            loads = []
+            for i in range(args.load_runs * 2):
+                loads.append(tmp / "load" / f"load{i}.bin")
+                loads[-1].parent.mkdir(exist_ok=True)
+                write_random_file(loads[-1], load_size)
+            # Tier off: its own data root (no backlog); tier on: the data root holding the --total backlog.
+            off_up, off_down, _ = load_side(None, "", tmp / "data-off", loads[:args.load_runs], procs,
+                                            tmp / "daemon-off.log")
+            on_up, on_down, backlog = load_side(engine, "tier-load", tmp / "data", loads[args.load_runs:], procs,
+                                                tmp / "daemon-on.log")
         finally:
             procs.stop_all()
             engine.stop()
@@ -153,7 +208,16 @@ def main() -> int:
         f"| boto3 `upload_file` loop (yardstick) | {p:.1f} s | {mb_s(size, p):.1f} MB/s | 1.00x |\n"
         f"| storaged replication (walk, dedupe HEAD, PUT/parts + Content-MD5, read-back HEAD, meta.json, "
         f"remote.json) | {o:.1f} s | {mb_s(size, o):.1f} MB/s | {p / o:.2f}x (goal >= 0.8x) |\n\n"
-        f"Defaults: `tier_concurrency` 4, `tier_part_size` 16M. {machine_note()}.\n"
+        f"Defaults: `tier_concurrency` 4, `tier_part_size` 16M.\n\n"
+        f"The daemon's own traffic while it replicates (`curl -T` of a {human_size(load_size)} file to "
+        f"`/upload`, then `curl -o /dev/null` from `/download`; median of {args.load_runs}), without a tier and "
+        f"while replicating the backlog above ({backlog} item(s) still queued when the last download ended):\n\n"
+        "| what | tier off | replicating | ratio (goal >= 0.9x) |\n| --- | --- | --- | --- |\n"
+        f"| upload | {mb_s(load_size, median(off_up)):.1f} MB/s | {mb_s(load_size, median(on_up)):.1f} MB/s | "
+        f"{median(off_up) / median(on_up):.2f}x |\n"
+        f"| download | {mb_s(load_size, median(off_down)):.1f} MB/s | {mb_s(load_size, median(on_down)):.1f} MB/s"
+        f" | {median(off_down) / median(on_down):.2f}x |\n\n"
+        f"{machine_note()}.\n"
     )
     publish(HEADING, text, no_write=not args.write)
     return 0

@@ -49,3 +49,21 @@ def test_daemon_refuses_to_start_with_an_unsafe_credentials_file(tmp_path: Path)
     assert run.returncode == 2
     assert run.stderr.startswith("storaged: ") and "tier_credentials_file" in run.stderr
     assert "readable by others (mode 640); chmod 600 it" in run.stderr
+
+
+def test_bandwidth_throttle_holds_the_rate_across_threads() -> None:
+    import threading
+    import time
+
+    from storaged.tier.client import Throttle
+
+    throttle = Throttle(1024 * 1024)  # 1 MiB/s, with a burst of one second's worth
+    began = time.monotonic()
+    threads = [threading.Thread(target=throttle.take, args=(1024 * 1024,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 3 MiB at 1 MiB/s, the first one from the burst: at least 2 s, whichever thread sent what.
+    assert time.monotonic() - began >= 1.9
+    assert Throttle(0).take(10**12) is None  # 0: no limit, no wait
