@@ -24,3 +24,15 @@ async def test_player_page_plays_the_video_muted_with_controls(client, browser, 
     played = await page.wait_for("(v => !v.error && v.currentTime > 1 && v.currentTime)(document.querySelector('video'))",
                                  timeout=30)
     assert played > 1
+
+
+async def test_docs_lists_every_route_in_a_browser_without_javascript(client, browser):
+    spec = await (await client.get("/openapi.json")).json()
+    expected = sorted(f"{m.upper()} {p}" for p, ops in spec["paths"].items() for m in ops)
+    page = await browser.new_page()
+    await page.send("Emulation.setScriptExecutionDisabled", {"value": True})
+    await page.goto(str(client.make_url("/docs")))
+    await page.send("Emulation.setScriptExecutionDisabled", {"value": False})  # to read the page back
+    shown = await page.evaluate("[...document.querySelectorAll('.op h3')].filter(h => h.querySelector('.verb'))"
+                                ".map(h => h.querySelector('.verb').innerText + ' ' + h.querySelector('code').innerText)")
+    assert sorted(shown) == expected

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import html
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate
+
 from storaged.web import openapi
 
 
@@ -24,9 +30,81 @@ async def test_described_operations_exist(client):
     assert not stale, f"OPERATIONS describes routes that do not exist: {stale}"
 
 
-async def test_docs_page(client):
+async def test_the_document_validates_as_openapi_3_1(client):
+    """openapi-spec-validator, the validator client generators and gateways use, accepts the document."""
+    spec = await (await client.get("/openapi.json")).json()
+    validate(spec)  # raises with every problem found
+    assert spec["openapi"] == "3.1.0"
+
+
+async def test_docs_page_renders_every_route_on_the_server(client):
+    """/docs is complete without JavaScript: every operation with its parameters, body and answers."""
+    spec = await (await client.get("/openapi.json")).json()
     resp = await client.get("/docs")
-    assert resp.status == 200 and "/openapi.json" in await resp.text()
+    text = await resp.text()
+    assert resp.status == 200 and resp.content_type == "text/html" and "<script" not in text
+    for path, ops in spec["paths"].items():
+        for method in ops:
+            assert f'{method.upper()}</span><code>{html.escape(path)}</code>' in text, (method, path)
+    # a query parameter, a body's property with its limit, an answer with its schema, a shared schema
+    assert "<code>timespan[start]</code>" in text
+    assert "<code>type</code> <span class=req>required</span>: <code>string, length ≥ 1, length ≤ 200" in text
+    assert "<dt>201 — created; Location: /sessions/&lt;id&gt;</dt>" in text
+    assert 'id="schema-AnalysisArgs.thumbnails"' in text and "`" not in text.split("<h2", 1)[1]
+
+
+async def test_every_body_and_every_success_answer_has_a_schema(client):
+    spec = await (await client.get("/openapi.json")).json()
+    missing = []
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for media, item in op.get("requestBody", {}).get("content", {}).items():
+                if "schema" not in item:
+                    missing.append(f"{method.upper()} {path} request {media}")
+            for status, resp in op["responses"].items():
+                if status.startswith("2") and status != "204":
+                    content = resp.get("content") or {}
+                    if not content or any("schema" not in item for item in content.values()):
+                        missing.append(f"{method.upper()} {path} {status}")
+    assert not missing, f"without a schema: {missing}"
+
+
+def test_request_schemas_are_the_ones_the_checks_enforce():
+    """One source of truth: the document's limits are the validators' own (change one, the other follows)."""
+    from storaged.analyses import work
+    from storaged.camera import api as camera
+    from storaged.sessions import service as sessions
+    from storaged.videostreams import service as videostreams
+    ops = openapi.OPERATIONS
+    assert ops["POST /sessions/{session_id}/events"]["body"] == sessions.EVENT.body_schema(partial=False)
+    assert ops["POST /sessions/{session_id}/events"]["body"]["properties"]["type"]["maxLength"] == \
+        sessions.MAX_TYPE_CHARS
+    assert ops["POST /api/v1/videostreams"]["body"]["properties"]["stream_url"]["maxLength"] == \
+        videostreams.MAX_URL_LENGTH
+    assert ops["POST /convert/createVideo"]["body"]["properties"]["fps"]["maximum"] == camera.MAX_FPS
+    assert ops["POST /analyse"]["body"] == work.request_schema()
+    spec_args = openapi.COMPONENTS["AnalysisArgs.thumbnails"]["properties"]["width"]
+    width = next(a for a in work.ANALYSES["thumbnails"].args if a.name == "width")
+    assert (spec_args["minimum"], spec_args["maximum"]) == (width.minimum, width.maximum)
+
+
+@pytest.mark.parametrize("body, ok", [
+    ({"time": 1, "type": "lap"}, True),
+    ({"time": -1, "type": "lap"}, False),
+    ({"time": 1, "type": "x" * 201}, False),
+    ({"time": 1, "type": "   "}, False),
+    ({"time": 1, "type": "lap", "colour": "red"}, False),
+    ({"type": "lap"}, False),
+    ({"time": 1, "type": "lap", "race_id": None, "duration": None, "data": {"a": 1}}, True),
+])
+async def test_the_event_schema_and_the_handler_agree(client, body, ok):
+    """What the document's schema accepts, the handler accepts, and what it refuses is a 400."""
+    spec = await (await client.get("/openapi.json")).json()
+    schema = spec["paths"]["/sessions/{session_id}/events"]["post"]["requestBody"]["content"]["application/json"]
+    valid = jsonschema.Draft202012Validator(schema["schema"]).is_valid(body)
+    sid = (await (await client.post("/sessions", json={})).json())["id"]
+    resp = await client.post(f"/sessions/{sid}/events", json=body)
+    assert (valid, resp.status) == (ok, 201 if ok else 400)
 
 
 # Writes whose input is all in the path (or the query string).

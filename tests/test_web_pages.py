@@ -5,11 +5,13 @@ real HTTP client, and Chromium at phone width."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import aiohttp
+import jsonschema
 import pytest
 
 from tests.browser import Browser
@@ -155,7 +157,7 @@ async def test_pages_fit_a_phone_and_the_landing_page_renders(showcase, browser)
     page = await browser.new_page(**PHONE)
     oid = show.video_id
     for path in ("/", "/library/", "/data/", f"/data/{oid[:2]}/", f"/data/{oid[:2]}/{oid[2:]}/",
-                 f"/data/{oid[:2]}/{oid[2:]}/analysis/"):
+                 f"/data/{oid[:2]}/{oid[2:]}/analysis/", "/docs"):
         await page.goto(daemon.url + path)
         widest = await page.evaluate(WIDEST)
         assert widest <= PHONE["width"], f"{path} is {widest}px wide on a {PHONE['width']}px screen"
@@ -166,3 +168,39 @@ async def test_pages_fit_a_phone_and_the_landing_page_renders(showcase, browser)
     # the thumbnail and the camera image really load
     await page.wait_for("[...document.images].length >= 2 && [...document.images].every(i => i.complete)")
     assert await page.evaluate("[...document.images].every(i => i.naturalWidth > 0)")
+
+
+async def test_real_answers_match_their_documented_schemas(showcase):
+    """Every GET whose path the showcase can fill answers JSON that validates against its documented schema."""
+    daemon, show = showcase
+    async with aiohttp.ClientSession() as http:
+        async with http.get(daemon.url + "/openapi.json") as resp:
+            spec = await resp.json()
+        async with http.get(f"{daemon.url}/results/{show.video_id}") as resp:
+            analysis_id = (await resp.json())["analyses"][0]["analysis_id"]
+        async with http.get(f"{daemon.url}/api/v1/videostreams") as resp:
+            videostream = (await resp.json())["results"][0]["id"]
+        values = {"file_id": show.video_id, "analysis_id": analysis_id, "session_id": show.session_id,
+                  "race_id": 1, "event_id": 1}
+        checked = []
+        for path, ops in spec["paths"].items():
+            if "get" not in ops:
+                continue
+            names = re.findall(r"\{([^}]+)\}", path)
+            fill = dict(values, id=videostream if path.startswith("/api/v1/videostreams") else show.stream_id)
+            if any(n not in fill for n in names):
+                continue
+            url = path.format(**fill)
+            async with http.get(daemon.url + url, headers={"Accept": "application/json"},
+                                allow_redirects=False) as resp:
+                body = await resp.read()
+                documented = ops["get"]["responses"].get(str(resp.status))
+                assert documented is not None, f"GET {url}: undocumented {resp.status}"
+                if not 200 <= resp.status < 300 or resp.content_type != "application/json":
+                    continue
+                schema = documented["content"]["application/json"]["schema"]
+                validator = jsonschema.Draft202012Validator({"allOf": [schema], "components": spec["components"]})
+                errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(json.loads(body))]
+                assert not errors, f"GET {url} does not match its schema: {errors[:5]}"
+                checked.append(path)
+    assert len(checked) >= 20, checked

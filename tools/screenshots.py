@@ -24,6 +24,8 @@ from tests.showcase import populate, unpopulate  # noqa: E402
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844, "mobile": True}
+# Long pages are photographed from a point of interest down, one screen tall (the rest is like it).
+SCROLL_TO = {"docs": "#post_sessions_session_id_events", "docs-phone": "#post_sessions_session_id_events"}
 
 
 def pages(show) -> list[tuple[str, str, dict]]:
@@ -53,7 +55,11 @@ async def shoot(base: str, show, out: Path) -> list[Path]:
             await page.wait_for("[...document.images].every(i => i.complete)", timeout=30)
             await page.wait_for("[...document.querySelectorAll('video')].every(v => v.readyState >= 2)", timeout=30)
             target = out / f"{name}.png"
-            await page.screenshot(target)
+            if name in SCROLL_TO:
+                await page.evaluate(f"document.querySelector({SCROLL_TO[name]!r}).scrollIntoView()")
+                await page.screenshot(target, full_page=False)
+            else:
+                await page.screenshot(target)
             written.append(target)
             await page.close()
     return written

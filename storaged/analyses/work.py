@@ -22,12 +22,15 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from storaged.errors import BadRequest
+from storaged.schema import object_schema
+from storaged.store.layout import OBJECT_ID_SCHEMA
 from storaged.media import ffmpeg as ff
 from storaged.store.atomic import read_json, write_json
 
 ANALYSIS_ID_RE = re.compile(r"^[0-9a-f]{40}$")
 KIND = "storaged.analyses.work:run"
 _REQUIRED = object()
+MAX_SEGMENTS = 100
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,26 @@ class Arg:
             out["choices"] = list(self.choices)
         return out
 
+    def json_schema(self) -> dict[str, Any]:
+        """What ``_coerce`` accepts for this argument, as JSON Schema."""
+        if self.type == "segments":
+            segment = {"type": "object", "required": ["start", "duration"], "additionalProperties": False,
+                       "properties": {"start": {"type": "number", "minimum": 0},
+                                      "duration": {"type": "number", "exclusiveMinimum": 0}}}
+            out: dict[str, Any] = {"type": "array", "minItems": 1, "maxItems": MAX_SEGMENTS, "items": segment}
+        else:
+            out = {"type": self.type}
+        out["description"] = self.help
+        if self.default is not _REQUIRED and self.default is not None:
+            out["default"] = self.default
+        if self.minimum is not None:
+            out["exclusiveMinimum" if self.exclusive_minimum else "minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices:
+            out["enum"] = list(self.choices)
+        return out
+
 
 @dataclass(frozen=True)
 class Analysis:
@@ -68,6 +91,11 @@ class Analysis:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "help": self.help, "args": [a.describe() for a in self.args],
                 "result": self.result}
+
+    def args_schema(self) -> dict[str, Any]:
+        """The JSON Schema of this analysis' ``args`` (what ``validate`` accepts)."""
+        return object_schema({a.name: a.json_schema() for a in self.args},
+                             [a.name for a in self.args if a.default is _REQUIRED], description=self.help)
 
 
 def _number(arg: Arg, value: Any) -> float:
@@ -101,8 +129,8 @@ def _coerce(arg: Arg, value: Any) -> Any:
             raise BadRequest(f"argument {arg.name!r} must be one of {list(arg.choices)}")
         return value
     if arg.type == "segments":
-        if not isinstance(value, list) or not 1 <= len(value) <= 100:
-            raise BadRequest(f"argument {arg.name!r} must be a list of 1 to 100 {{start, duration}} objects")
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_SEGMENTS:
+            raise BadRequest(f"argument {arg.name!r} must be a list of 1 to {MAX_SEGMENTS} {{start, duration}} objects")
         out = []
         for i, seg in enumerate(value):
             if not isinstance(seg, dict) or set(seg) != {"start", "duration"}:
@@ -395,6 +423,18 @@ def get(name: Any) -> Analysis:
 
 
 _DUMMY_N_RE = re.compile(r"^dummy_(\d{1,5}(?:\.\d+)?)$")
+
+
+def request_schema() -> dict[str, Any]:
+    """The body of POST /analyse; each analysis' ``args`` is ``ANALYSES[name].args_schema()``."""
+    names = sorted(ANALYSES)
+    return object_schema({
+        "file_id": OBJECT_ID_SCHEMA,
+        "analysis": {"type": "string", "description": f"one of {', '.join(names)}, or dummy_N (idles N seconds)",
+                     "pattern": "^(?:" + "|".join(map(re.escape, names)) + "|" + _DUMMY_N_RE.pattern[1:-1] + ")$"},
+        "args": {"type": "object", "description": "the analysis' arguments (schemas: AnalysisArgs.<name>)"},
+        "retry": {"type": "boolean", "description": "re-run a failed or interrupted analysis"},
+    }, ("file_id", "analysis"), closed=False)
 
 
 def resolve(name: Any, args: Any) -> tuple[Analysis, dict[str, Any]]:

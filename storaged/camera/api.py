@@ -27,6 +27,7 @@ from storaged.camera import convert, images, usage
 from storaged.camera.motion import CameraSpec, MotionService, parse_cameras
 from storaged.config import ConfigError
 from storaged.errors import BadRequest, NotFound
+from storaged.schema import object_schema
 
 log = logging.getLogger("storaged.camera")
 routes = web.RouteTableDef()
@@ -119,6 +120,30 @@ async def _camera(request: web.Request, body: dict) -> int:
     return n
 
 
+# What the checks below accept, for the OpenAPI document (storaged.web.openapi reads these).
+MAX_FPS = 240
+CAMERA_NUMBER = {"type": "integer", "minimum": 1, "maximum": images.MAX_CAMERA}
+FPS = {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_FPS}
+SKIP = {"type": "integer", "minimum": 0}
+FRAMES = {"type": "integer", "minimum": 1, "description": "at most the setting camera_frame_limit"}
+DAYS = {"type": "number", "minimum": 0}
+WHEN = {"type": "string", "description": "YYYYMMDD-HHMMSS, an ISO date or date-time (box zone unless it has an offset)"}
+SAVE = {"type": "boolean"}
+PROCESS_ID = {"type": "string", "minLength": 1,
+              "description": "<8 letters/digits>-<YYYYMMDD-HHMMSS>, as answered by createVideo/createZip"}
+_RANGE = {"camera": CAMERA_NUMBER, "start": WHEN, "end": WHEN}
+BODIES = {
+    "createVideo": object_schema({**_RANGE, "fps": FPS, "skip": SKIP, "save": SAVE},
+                                 ("camera", "fps", "start", "end"), closed=False),
+    "createZip": object_schema({**_RANGE, "skip": SKIP, "save": SAVE}, ("camera", "start", "end"), closed=False),
+    "listFramesVideo": object_schema({**_RANGE, "frames": FRAMES}, ("camera", "start", "end", "frames"),
+                                     closed=False),
+    "process": object_schema({"id": PROCESS_ID}, ("id",), closed=False),
+    "camera": object_schema({"camera": CAMERA_NUMBER}, ("camera",), closed=False),
+    "pathClean": object_schema({"camera": CAMERA_NUMBER, "days": DAYS}, ("camera", "days"), closed=False),
+}
+
+
 def _int_field(body: dict, name: str, default: int | None = None, minimum: int = 0) -> int:
     v = body.get(name, default)
     if v is None:
@@ -161,15 +186,15 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     cam = request.app[CAMERA]
     n = await _camera(request, body)
     start, end = _range(request, body)
-    skip = _int_field(body, "skip", 0)
+    skip = _int_field(body, "skip", 0, minimum=SKIP["minimum"])
     save = _bool_field(body, "save", False)
     args: dict[str, Any] = {}
     if kind == "mp4":
         fps = body.get("fps")
         if not _is_number(fps):
             raise BadRequest("fps is required: frames per second of the video (a number)")
-        if not 0 < fps <= 240:
-            raise BadRequest("fps must be more than 0 and at most 240")
+        if not 0 < fps <= MAX_FPS:
+            raise BadRequest(f"fps must be more than 0 and at most {MAX_FPS}")
         args["fps"] = float(fps)
     lo, hi = images.range_bounds(start, end)
     total = await asyncio.to_thread(images.count_range, cam.camera_dir(n), lo, hi)
@@ -208,7 +233,7 @@ async def list_frames(request: web.Request) -> web.Response:
     cam = request.app[CAMERA]
     n = await _camera(request, body)
     start, end = _range(request, body)
-    frames = _int_field(body, "frames", None, minimum=1)
+    frames = _int_field(body, "frames", None, minimum=FRAMES["minimum"])
     if frames > cam.frame_limit:
         raise BadRequest(f"frames must be at most {cam.frame_limit}")
     lo, hi = images.range_bounds(start, end)
@@ -288,7 +313,7 @@ async def path_clean(request: web.Request) -> web.Response:
     days = body.get("days")
     if not _is_number(days):
         raise BadRequest("days is required: delete images older than this many days (a number)")
-    if days < 0:
+    if days < DAYS["minimum"]:
         raise BadRequest("days must not be negative")
     cam = request.app[CAMERA]
     now = datetime.now(cam.tz).replace(tzinfo=None)

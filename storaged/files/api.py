@@ -21,15 +21,20 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 routes = web.RouteTableDef()
 
 
+MAX_PAGE = 1000
+LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE,
+                "description": "files per page (default: the setting list_page_size)"}
+
+
 def page_limit(request: web.Request) -> int:
     default = request.app[CONFIG].list_page_size
     raw = request.query.get("limit", str(default))
     try:
         limit = int(raw)
     except ValueError:
-        raise BadRequest(f"limit must be an integer between 1 and 1000, not {raw!r}") from None
-    if not 1 <= limit <= 1000:
-        raise BadRequest(f"limit must be an integer between 1 and 1000, not {raw!r}")
+        raise BadRequest(f"limit must be an integer between 1 and {MAX_PAGE}, not {raw!r}") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise BadRequest(f"limit must be an integer between 1 and {MAX_PAGE}, not {raw!r}")
     return limit
 
 

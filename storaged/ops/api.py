@@ -32,10 +32,12 @@ def setup(app: web.Application) -> None:
     app.middlewares.insert(0, _metrics_middleware)
     app.cleanup_ctx.append(_ops_ctx)
     app.add_routes(routes)
-    pin_answers = {"200": "`{\"file_id\", \"pinned\"}`", "400": "malformed file_id", "404": "file not found"}
+    pin_answers = {"200": openapi.answer("the pin", openapi.obj(file_id={"type": "string"}, pinned={"type": "boolean"})),
+                   "400": "malformed file_id", "404": "file not found"}
     openapi.describe("PUT /upload/{file_id}/pin", responses=pin_answers)
     openapi.describe("DELETE /upload/{file_id}/pin", responses=pin_answers)
-    openapi.describe("GET /metrics", responses={"200": "Prometheus text format"})
+    openapi.describe("GET /metrics", responses={"200": openapi.answer("Prometheus text format", {"type": "string"},
+                                                                      "text/plain")})
 
 
 def poke_janitor(app: web.Application) -> None:

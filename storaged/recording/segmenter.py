@@ -41,11 +41,16 @@ LOG_NAME = "ffmpeg.log"
 LOG_MAX = 1024 * 1024
 
 
+MAX_URL_CHARS = 4096
+URL_SCHEMA = {"type": "string", "maxLength": MAX_URL_CHARS,
+              "description": f"a stream URL ffmpeg can record from ({', '.join(SCHEMES)}), no spaces"}
+
+
 def check_url(url: str) -> str:
     """A URL the segmenter can hand to ffmpeg, or BadRequest saying why not."""
     url = url.strip()
     allowed = ", ".join(SCHEMES)
-    if any(ord(ch) < 32 or ch == " " for ch in url) or len(url) > 4096:
+    if any(ord(ch) < 32 or ch == " " for ch in url) or len(url) > MAX_URL_CHARS:
         raise BadRequest(f"url must be a stream URL without spaces or control characters "
                          f"(schemes: {allowed})")
     parts = urlsplit(url)

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
+from storaged.schema import MAX_SAFE_INT, documents, object_schema, schema_of
 from storaged.errors import BadRequest, NotFound
 from storaged.jobs.runner import JobRunner
 from storaged.jobs.state import JobState
@@ -82,16 +83,19 @@ _DOWNLOAD = re.compile(r"^(?:https?://[^/]+)?/download/([0-9a-f]{64})(?:/[^/?#]*
 
 
 # -- validation ----------------------------------------------------------------
+@documents({"type": "number", "minimum": 0})
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise BadRequest(f"property '{name}' must be a non-negative number")
     return value
 
 
+@documents({"type": ["number", "null"], "minimum": 0})
 def _optional_number(name: str, value: Any) -> float | None:
     return None if value is None else _number(name, value)
 
 
+@documents({"type": ["string", "null"], "minLength": 1, "maxLength": MAX_URL_CHARS, "pattern": r"\S"})
 def _url(name: str, value: Any) -> str | None:
     if value is None:
         return None
@@ -100,29 +104,38 @@ def _url(name: str, value: Any) -> str | None:
     return value.strip()
 
 
+@documents({"type": "string", "minLength": 1, "maxLength": MAX_TYPE_CHARS, "pattern": r"\S"})
 def _type(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_TYPE_CHARS:
         raise BadRequest(f"property '{name}' must be a non-empty string of at most {MAX_TYPE_CHARS} characters")
     return value
 
 
+@documents({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SAFE_INT})
 def _race_ref(name: str, value: Any) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**53:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAFE_INT:
         raise BadRequest(f"property '{name}' must be a race id (a positive integer) or null")
     return value
 
 
+@documents({"type": "object"})
 def _data(name: str, value: Any) -> dict:
     if not isinstance(value, dict):
         raise BadRequest(f"property '{name}' must be a JSON object")
     return value
 
 
+_ID = {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INT}
+_CREATED = {"type": "string", "description": "ISO 8601 UTC time of creation"}
+
+
 class Schema:
+    """A record's writable properties (each a documented check), required ones, defaults, read-only ones."""
+
     def __init__(self, what: str, fields: dict[str, Callable[[str, Any], Any]], required: set[str],
-                 defaults: dict[str, Any], read_only: set[str]) -> None:
+                 defaults: dict[str, Any], read_only: dict[str, dict[str, Any]]) -> None:
         self.what = what
         self.fields = fields
         self.required = required
@@ -150,13 +163,28 @@ class Schema:
                 out.setdefault(key, value)
         return out
 
+    def body_schema(self, *, partial: bool) -> dict[str, Any]:
+        """The JSON Schema ``check`` enforces (a PUT is ``partial``: nothing required)."""
+        return object_schema({k: schema_of(f) for k, f in self.fields.items()}, () if partial else self.required)
 
-SESSION = Schema("session", {"video_url": _url}, set(), {"video_url": None}, {"id", "created"})
+    def record_schema(self) -> dict[str, Any]:
+        """A stored record as answered: every property, read-only ones included."""
+        props = {**self.read_only, **{k: schema_of(f) for k, f in self.fields.items()}}
+        return object_schema(props, props, closed=False)
+
+
+_OWNED = {"id": _ID, "session_id": _ID, "created": _CREATED}
+SESSION = Schema("session", {"video_url": _url}, set(), {"video_url": None}, {"id": _ID, "created": _CREATED})
 RACE = Schema("race", {"start_time": _number, "duration": _number, "video_url": _url},
-              {"start_time", "duration"}, {"video_url": None}, {"id", "session_id", "created"})
+              {"start_time", "duration"}, {"video_url": None}, _OWNED)
 EVENT = Schema("event", {"time": _number, "duration": _optional_number, "type": _type, "race_id": _race_ref,
                          "data": _data},
-               {"time", "type"}, {"duration": None, "race_id": None, "data": {}}, {"id", "session_id", "created"})
+               {"time", "type"}, {"duration": None, "race_id": None, "data": {}}, _OWNED)
+
+
+# The body of POST /sessions/<id>/split_races (request_split checks it).
+SPLIT_OPTIONS = object_schema({"accurate": {"type": "boolean", "default": False,
+                                            "description": "re-encode for frame-exact cuts"}})
 
 
 def micros(seconds: float | None) -> int | None:
@@ -379,8 +407,8 @@ class SessionsService:
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object (or empty)")
         for key in body:
-            if key != "accurate":
-                raise BadRequest(f"unknown option '{key}' (split_races takes: accurate)")
+            if key not in SPLIT_OPTIONS["properties"]:
+                raise BadRequest(f"unknown option '{key}' (split_races takes: {', '.join(SPLIT_OPTIONS['properties'])})")
         accurate = body.get("accurate", False)
         if not isinstance(accurate, bool):
             raise BadRequest("option 'accurate' must be true or false")

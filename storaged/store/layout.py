@@ -25,6 +25,8 @@ from pathlib import Path
 from storaged.errors import BadRequest
 
 OBJECT_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+OBJECT_ID_SCHEMA = {"type": "string", "pattern": OBJECT_ID_RE.pattern,
+                    "description": "file id: the SHA-256 of the bytes, 64 lowercase hex digits"}
 # Directory names at the top of the data root that are not object fan-out dirs.
 RESERVED_TOP = {"tmp", "locks", "lost+found"}
 

@@ -32,8 +32,10 @@ def setup(app: web.Application) -> None:
     config = app[CONFIG]
     app.add_routes(routes)
     app[METRICS].registry.register(_TierCollector(app))
-    openapi.describe("GET /tier", responses={"200": "`{\"enabled\", \"backlog\", \"backlog_bytes\", \"oldest_age\", "
-                                             "\"last_error\", …}`"})
+    openapi.describe("GET /tier", responses={"200": openapi.answer(
+        "the tier's state", openapi.obj(("enabled",), enabled={"type": "boolean"}, backlog={"type": "integer"},
+                                        backlog_bytes={"type": "integer"}, oldest_age={"type": ["number", "null"]},
+                                        last_error={"type": ["string", "null"]}))})
     if not tier_settings.enabled(config):
         return
     tier = Tier(app[LAYOUT], tier_settings.load(config))

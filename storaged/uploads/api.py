@@ -299,7 +299,7 @@ _TUS_ERRORS = {"400": "a malformed header or id (the message names it)", "404": 
                "423": "another request is writing this upload", "507": "the data filesystem is full"}
 OPERATION_FACTS = {
     "POST /files": {"content": {OFFSET_TYPE: {"type": "string", "format": "binary"}},
-                    "responses": {"201": "created: Location, Upload-Offset, Upload-Expires",
+                    "responses": {"201": openapi.empty("created: Location, Upload-Offset, Upload-Expires"),
                                   "413": "Upload-Length over Tus-Max-Size", "415": "a body of another type",
                                   **{k: v for k, v in _TUS_ERRORS.items() if k not in ("410", "423")},
                                   "404": "a partial upload named in Upload-Concat is unknown",
@@ -316,14 +316,19 @@ OPERATION_FACTS = {
                                   "responses": {"204": "terminated", **_TUS_ERRORS}},
     "POST /files/{upload_id}": {
         "path": {"upload_id": _ID}, "content": {OFFSET_TYPE: {"type": "string", "format": "binary"}},
-        "responses": {"200": "HEAD's answer", "204": "PATCH's or DELETE's answer", "403": "a final upload",
+        "responses": {"200": openapi.empty("HEAD's answer (in headers)"), "204": "PATCH's or DELETE's answer",
+                      "403": "a final upload",
                       "405": "no or another X-HTTP-Method-Override",
                       "409": "Upload-Offset mismatch", "413": "past the upload's end", "415": "wrong type",
                       "460": "checksum mismatch", **_TUS_ERRORS}},
     "GET /files/{upload_id}": {"path": {"upload_id": _ID},
-                               "responses": {"200": "`{\"id\", \"offset\", \"length\", \"complete\", \"metadata\", "
-                                                    "\"concat\", \"created\", \"updated\", \"expires\", \"file_id\", "
-                                                    "\"download\"}`",
+                               "responses": {"200": openapi.answer("the upload, for people", openapi.obj(
+                                   ("id", "offset", "length", "complete"), id={"type": "string"},
+                                   offset={"type": "integer", "minimum": 0}, length={"type": ["integer", "null"]},
+                                   complete={"type": "boolean"}, metadata={"type": "object"},
+                                   concat={"type": ["string", "null"]}, created={"type": ["string", "null"]},
+                                   updated={"type": ["string", "null"]}, expires={"type": ["string", "null"]},
+                                   file_id={"type": ["string", "null"]}, download={"type": ["string", "null"]})),
                                              "400": "malformed upload id", "404": "unknown upload",
                                              "410": "the upload expired"}},
 }

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from storaged.errors import BadRequest, Conflict, NotFound
+from storaged.schema import documents, nullable, object_schema, schema_of
 from storaged.store.layout import Layout
 from storaged.store.records import MAX_SAFE_INT, RecordStore
 from storaged.videostreams import times
@@ -158,8 +159,8 @@ class VideostreamCatalogue:
             if end <= start:
                 raise ValueError("endTime not after startTime")
         record = {"id": record_id, "startTime": start_text, "endTime": end_text,
-                  "stream_url": _check_url(raw.get("stream_url")),
-                  "capturesource": _check_source(raw.get("capturesource"))}
+                  "stream_url": _check_url("stream_url", raw.get("stream_url")),
+                  "capturesource": _check_source("capturesource", raw.get("capturesource"))}
         return record, start, end
 
     # -- reading -------------------------------------------------------------
@@ -185,7 +186,7 @@ class VideostreamCatalogue:
         qe = None if end is None else _as_us(end, "timespan[end]")
         if qs is not None and qe is not None and qe < qs:
             raise BadRequest("timespan[end] must not be before timespan[start]", field="timespan[end]")
-        source = None if capturesource is None else _check_source(capturesource)
+        source = None if capturesource is None else _check_source("capturesource", capturesource)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise BadRequest("limit must be a positive integer", field="limit")
         if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
@@ -373,7 +374,8 @@ def _as_us(value: Any, what: str) -> int:
     return times.parse_us(value, what)
 
 
-def _check_url(value: Any) -> str:
+@documents({"type": "string", "minLength": 1, "maxLength": MAX_URL_LENGTH, "pattern": r"^(?=.*\S)[^\x00-\x1f\x7f]*$"})
+def _check_url(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadRequest("stream_url must be a non-empty string", field="stream_url")
     if len(value) > MAX_URL_LENGTH or _CONTROL.search(value):
@@ -382,7 +384,8 @@ def _check_url(value: Any) -> str:
     return value
 
 
-def _check_source(value: Any) -> int | None:
+@documents({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_SAFE_INT})
+def _check_source(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SAFE_INT:
@@ -399,15 +402,36 @@ def _check_fields(fields: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
             raise BadRequest("id is read-only", field="id")
         if name not in allowed:
             raise BadRequest(f"unknown field: {name}", field=str(name))
-    out: dict[str, Any] = {}
-    if "stream_url" in fields:
-        out["stream_url"] = _check_url(fields["stream_url"])
-    if "capturesource" in fields:
-        out["capturesource"] = _check_source(fields["capturesource"])
-    for name in ("startTime", "endTime"):
-        if name in fields:
-            out[name] = None if fields[name] is None else times.parse_us(fields[name], name)
-    return out
+    return {name: FIELD_CHECKS[name](name, fields[name]) for name in FIELD_CHECKS if name in fields}
+
+
+def body_schema(allowed: tuple[str, ...] = FIELDS, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON Schema of a body ``_check_fields`` accepts with these fields (OpenAPI reads it)."""
+    return object_schema({name: schema_of(FIELD_CHECKS[name]) for name in allowed}, required)
+
+
+
+
+@documents({"type": "string", "minLength": 1, "description": "RFC 3339 date-time with an offset (Z or ±hh:mm)"})
+def _check_time(name: str, value: Any) -> int | None:
+    """Microseconds; null is passed through (the caller decides whether it may be)."""
+    return None if value is None else times.parse_us(value, name)
+
+
+@documents(nullable(schema_of(_check_time)))
+def _check_end_time(name: str, value: Any) -> int | None:
+    """endTime: null means no end yet."""
+    return _check_time(name, value)
+
+
+TIME_SCHEMA = schema_of(_check_time)
+FIELD_CHECKS = {"stream_url": _check_url, "capturesource": _check_source, "startTime": _check_time,
+                "endTime": _check_end_time}
+
+RECORD_SCHEMA = object_schema({"id": {"type": "integer", "minimum": 1, "maximum": MAX_SAFE_INT},
+                               "startTime": schema_of(_check_time), "endTime": schema_of(_check_end_time),
+                               "stream_url": schema_of(_check_url), "capturesource": schema_of(_check_source)},
+                              ("id", "startTime", "endTime", "stream_url", "capturesource"), closed=False)
 
 
 def _check_span(start: int, end: int | None) -> None:
