@@ -13,6 +13,7 @@ that fails renders a one-line notice instead of failing the whole page.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -187,11 +188,16 @@ async def sessions_section(request: web.Request) -> str:
     service = request.app.get(SESSIONS)
     if service is None:
         return ""
-    sessions = (await service.list_sessions())[-RECENT_SESSIONS:][::-1]
+    # The catalogue answers JSON arrays ready to send (and a next-page cursor, unused here).
+    sessions = json.loads(service.list_sessions()[0])[-RECENT_SESSIONS:][::-1]
     if not sessions:
         return ""
-    counts = await asyncio.gather(*(asyncio.gather(service.list_races(s["id"]), service.session_events(s["id"]))
-                                    for s in sessions))
+
+    async def children(session_id: int) -> tuple[list, list]:
+        races, events = await asyncio.gather(service.list_races(session_id), service.session_events(session_id))
+        return json.loads(races[0]), json.loads(events[0])
+
+    counts = await asyncio.gather(*(children(s["id"]) for s in sessions))
     tz = _zone(request)
     rows = []
     for s, (races, events) in zip(sessions, counts):

@@ -23,6 +23,7 @@ from storaged.camera.api import BODIES as CAMERA_BODIES
 from storaged.files.api import LIMIT_SCHEMA
 from storaged.recording.segmenter import URL_SCHEMA
 from storaged.schema import MAX_SAFE_INT, object_schema
+from storaged.sessions.api import MAX_PAGE as SESSIONS_MAX_PAGE
 from storaged.sessions.service import EVENT, RACE, SESSION, SPLIT_OPTIONS
 from storaged.store.layout import OBJECT_ID_SCHEMA
 from storaged.web import docs as docs_page
@@ -121,7 +122,10 @@ _STORED = obj(("file_id", "size", "name", "content_type", "deduplicated", "downl
 _DELETED_ID = obj(id=_POS_INT, deleted={"const": True})
 _CREATED_ID = obj(id=_POS_INT)
 
-_EVENT_QUERY = {"race": _POS_INT, "type": {"type": "string"}, "from": _NONNEG, "to": _NONNEG}
+_PAGING = {"limit": {"type": "integer", "minimum": 1, "maximum": SESSIONS_MAX_PAGE,
+                      "description": "records per page (default: all); more pages are announced in Link/X-Next-Cursor"},
+           "cursor": {**_POS_INT, "description": "X-Next-Cursor of the previous page"}}
+_EVENT_QUERY = {"race": _POS_INT, "type": {"type": "string"}, "from": _NONNEG, "to": _NONNEG, **_PAGING}
 _SPLIT_STATUS = obj(("status", "job_id"), status={"type": "string", "enum": ["queued", "running", "done", "failed"]},
                     progress=_NUM_OR_NULL, job_id=_STR, accurate=_BOOL, races={"type": "array", "items": _ANY_OBJ},
                     error_message=_STR, stderr={"type": "array", "items": _STR})
@@ -238,7 +242,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "responses": {"200": _BYTES_OK, "206": _RANGE_OK, "304": "not modified",
                       "400": _BAD_ID, "404": "no such output", "416": "the Range cannot be satisfied"}},
     # sessions, races, events
-    "GET /sessions": {"responses": {"200": answer("every session in id order",
+    "GET /sessions": {"query": _PAGING, "responses": {"200": answer("every session in id order",
                                                   {"type": "array", "items": _ref("Session")})}},
     "POST /sessions": {"body": SESSION.body_schema(partial=False),
                        "responses": _answers(answer("created; Location: /sessions/<id>", _CREATED_ID), _400, _507,
@@ -250,7 +254,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                                          _400, _404, _507)},
     "DELETE /sessions/{session_id}": {"path": {"session_id": _POS_INT},
                                       "responses": _answers(answer("deleted", _DELETED_ID), _400, _404)},
-    "GET /sessions/{session_id}/races": {"path": {"session_id": _POS_INT},
+    "GET /sessions/{session_id}/races": {"path": {"session_id": _POS_INT}, "query": _PAGING,
                                          "responses": _answers(answer("the session's races in id order",
                                                                       {"type": "array", "items": _ref("Race")}),
                                                                _400, _404)},
