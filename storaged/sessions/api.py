@@ -13,7 +13,7 @@ from aiohttp import web
 from storaged.api.bodies import json_value
 from storaged.api.keys import JOBS, LAYOUT, OBJECTS
 from storaged.errors import BadRequest
-from storaged.sessions.service import SessionsService
+from storaged.sessions.service import MAX_SECONDS, SessionsService
 
 SESSIONS = web.AppKey("sessions", SessionsService)
 routes = web.RouteTableDef()
@@ -42,7 +42,7 @@ def _float_param(query, name: str) -> float | None:
         value = math.nan
     if not math.isfinite(value):
         raise BadRequest(f"query parameter '{name}' must be a number of seconds, not {raw!r}")
-    return value
+    return max(-MAX_SECONDS, min(value, MAX_SECONDS))  # no event lies beyond: the answer is the same
 
 
 PAGING = ("limit", "cursor")

@@ -78,19 +78,24 @@ APPLIED = "applied.json"
 LATEST = "latest.json"
 MAX_URL_CHARS = 8192
 MAX_TYPE_CHARS = 200
+# Session times and durations, in seconds (about 31,700 years): the catalogue keeps them as integer
+# microseconds, and a float near the top of its range has none (1e307 s made creates answer 500).
+MAX_SECONDS = 1e12
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _DOWNLOAD = re.compile(r"^(?:https?://[^/]+)?/download/([0-9a-f]{64})(?:/[^/?#]*)?(?:[?#].*)?$")
 
 
 # -- validation ----------------------------------------------------------------
-@documents({"type": "number", "minimum": 0})
+@documents({"type": "number", "minimum": 0, "maximum": MAX_SECONDS})
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise BadRequest(f"property '{name}' must be a non-negative number")
+    if value > MAX_SECONDS:
+        raise BadRequest(f"property '{name}' must be at most {MAX_SECONDS:g} seconds")
     return value
 
 
-@documents({"type": ["number", "null"], "minimum": 0})
+@documents({"type": ["number", "null"], "minimum": 0, "maximum": MAX_SECONDS})
 def _optional_number(name: str, value: Any) -> float | None:
     return None if value is None else _number(name, value)
 

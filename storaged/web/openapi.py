@@ -243,7 +243,8 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                       "400": _BAD_ID, "404": "no such output", "416": "the Range cannot be satisfied"}},
     # sessions, races, events
     "GET /sessions": {"query": _PAGING, "responses": {"200": answer("every session in id order",
-                                                  {"type": "array", "items": _ref("Session")})}},
+                                                                    {"type": "array", "items": _ref("Session")}),
+                                                      "400": _400[1]}},
     "POST /sessions": {"body": SESSION.body_schema(partial=False),
                        "responses": _answers(answer("created; Location: /sessions/<id>", _CREATED_ID), _400, _507,
                                              ok_status="201")},
