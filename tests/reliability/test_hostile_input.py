@@ -37,7 +37,7 @@ CORPUS = [
 ]
 # Raw values for bodies and query strings (decoded forms of the above, plus types JSON allows).
 BODY_VALUES = ["..", "../../secret.txt", "/etc/passwd", "\\..\\x", "\x00", "a\x00b", "\r\nX: 1", "a" * 5000,
-               "\u202e\u200b", "ü", "escape", "-1", "0", "", " ", 1.5, -1, 0, 2**64, True, [], {},
+               "\u202e\u200b", "ü", "escape", "-1", "0", "", " ", "1e308", "-1e308", 1.5, -1, 0, 2**64, True, [], {},
                None]  # null: "no id" where a field allows it, else 400
 
 
@@ -133,6 +133,8 @@ BODY_ROUTES = [
     ("POST", "/sessions/1/events", lambda v, s: {"time": 1, "type": "x", "race_id": v}),
     ("GET", "/streams/1/get_clip?start={q}", None),
     ("GET", "/events?session={q}", None),
+    ("GET", "/events?session=1&to={q}", None),
+    ("GET", "/events?from={q}", None),
     ("GET", "/api/v1/videostreams?capturesource={q}", None),
     ("GET", "/upload?cursor={q}", None),
 ]
