@@ -21,7 +21,8 @@ Protocol of one request (``await send_file(request, path, ...)`` from a handler)
    in the order asked; overlapping ones, or more than ``MAX_RANGES``, are
    merged in file order first (RFC 9110 §14.2 lets a server coalesce), so a
    request cannot make the answer larger than about the file.
-5. HEAD answers the same status and headers as GET, without a body.
+5. HEAD answers the headers a plain GET would (200, the whole length), without a body: RFC 9110
+   defines range handling for GET only, so a HEAD ignores ``Range``.
 6. The bytes go with ``loop.sendfile`` (zero copy). The response's byte count
    (``%b`` of the access log, headers included as aiohttp counts them) adds
    what sendfile sent, which the stream writer never sees.
@@ -163,7 +164,7 @@ def _respond(request: web.Request, path: Path, fobj, st: os.stat_result, etag: s
         return bodiless(304)
 
     ranges = None
-    if request.method in ("GET", "HEAD") and "Range" in request.headers:
+    if request.method == "GET" and "Range" in request.headers:  # RFC 9110 §14.2: range handling is for GET only
         if_range = request.headers.get("If-Range")
         if if_range is None or _if_range_holds(if_range, etag, mtime):
             ranges = parse_ranges(request.headers["Range"], size)
