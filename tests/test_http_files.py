@@ -185,6 +185,8 @@ def test_conditional_requests(site, route):
     assert head_of(d, path, f"If-Unmodified-Since: {modified}")[0] == 200
     status, got, body = head_of(d, path, f"If-None-Match: {etag}")
     assert body == b"" and got["etag"] == etag
+    assert got.get("cache-control") == headers.get("cache-control")  # a 304 refreshes the cached 200
+    assert head_of(d, path, 'If-Match: "other"')[1]["cache-control"] == "no-store"  # a 412 is never reused
 
 
 @pytest.mark.parametrize("route", ROUTES)

@@ -150,7 +150,12 @@ def _respond(request: web.Request, path: Path, fobj, st: os.stat_result, etag: s
 
     def bodiless(status: int, **extra: str) -> web.Response:
         fobj.close()
-        return web.Response(status=status, headers={**base, **extra})
+        headers = {**base, **extra}
+        if status != 304:
+            # A 412/416 answers this request's conditions, not the file: no cache may reuse it.
+            headers = {k: v for k, v in headers.items() if k.lower() != "cache-control"}
+            headers["Cache-Control"] = "no-store"
+        return web.Response(status=status, headers=headers)
 
     if request.if_match is not None:
         if not _strong_match(request.if_match, etag):
