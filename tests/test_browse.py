@@ -103,3 +103,20 @@ async def test_parent_links_stay_inside_the_mount(client):
     inner = await client.get("/shared/captures/")
     assert 'href="../"' in await inner.text()
     assert (await client.get("/shared/captures/../")).status == 200
+
+
+async def test_landing_links_a_stream_timeline_when_the_app_has_one(aiohttp_client, config):
+    """The landing page links /streams/<id>/timeline as soon as a family adds such a route."""
+    from aiohttp import web
+
+    from storaged.app import create_app
+
+    async def timeline(request):
+        return web.Response(text="timeline")
+
+    app = create_app(config)
+    app.router.add_get("/streams/{id}/timeline", timeline)
+    client = await aiohttp_client(app)
+    sid = (await (await client.post("/streams/create", json={"url": "udp://127.0.0.1:9"})).json())["stream_id"]
+    html = await (await client.get("/")).text()
+    assert f'href="/streams/{sid}/timeline">timeline</a>' in html

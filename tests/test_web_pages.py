@@ -79,6 +79,8 @@ async def test_the_hash_tree_shows_original_names_first(showcase):
     _, html = await get_text(f"{daemon.url}/data/{oid[:2]}/{oid[2:]}/")
     assert re.search(r"<h1>Morning ride\.mp4</h1>", html)
     assert html.index("Morning ride.mp4") < html.index(oid)
+    _, player = await get_text(f"{daemon.url}/data/{oid[:2]}/{oid[2:]}/Morning_ride.mp4?play")
+    assert "<h1>Morning ride.mp4</h1>" in player
     _, fanout = await get_text(f"{daemon.url}/data/{oid[:2]}/")
     assert "<strong>Morning ride.mp4</strong>" in fanout
     _, root = await get_text(f"{daemon.url}/data/")

@@ -102,13 +102,13 @@ def render_listing(url_path: str, mount: str, entries: list[dict], *, intro: str
     return page(url_path, body, heading=heading)
 
 
-def render_player(url_path: str, name: str, video: bool) -> str:
+def render_player(url_path: str, name: str, video: bool, heading: str | None = None) -> str:
     src = esc(quote(name))
     # Browsers only autoplay muted video; controls let a person unmute.
     tag = (f'<video controls autoplay muted playsinline preload="metadata" src="{src}"></video>' if video
            else f'<img class="full" src="{src}" alt="{esc(name)}">')
     body = f'{tag}<p><a href="./">back</a> · <a href="{src}">download</a></p>'
-    return page(url_path, body, heading=name)
+    return page(url_path, body, heading=heading or name)
 
 
 def wants_json(request: web.Request) -> bool:
@@ -137,8 +137,12 @@ async def serve_tree(request: web.Request, root: Path, rel: str, describe: Descr
         return web.Response(text=render_listing(request.path, mount, entries, **extra), content_type="text/html")
     if "play" in request.query or "view" in request.query:
         ext = path.suffix.lower()
-        return web.Response(text=render_player(request.path, request.path.rsplit("/", 1)[-1],
-                                               ext in VIDEO_EXTS), content_type="text/html")
+        name = request.path.rsplit("/", 1)[-1]
+        # A stored file's player is headed by its original name, like its directory page.
+        parent = rel.strip("/").rsplit("/", 1)[0] if "/" in rel.strip("/") else ""
+        extra = await describe(request, parent, []) if describe and OBJECT_DIR_RE.match(parent) else {}
+        return web.Response(text=render_player(request.path, name, ext in VIDEO_EXTS, extra.get("heading")),
+                            content_type="text/html")
     return await send_file(request, path)
 
 
