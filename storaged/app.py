@@ -26,6 +26,7 @@ from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
+from storaged.store.smallobjects import SmallObjects
 from storaged.tier import api as tier_api
 from storaged.uploads import api as uploads
 
@@ -49,7 +50,8 @@ def create_app(config: Config) -> web.Application:
     app[TOKEN_GATE] = gate
     guard = app[CONNECTIONS] = ConnectionGuard(config)  # `storaged serve` admits connections through it
     app[LAYOUT] = layout
-    app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size)
+    app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size,
+                               small=SmallObjects(config.small_file_cache, config.small_file_max))
     app[BEFORE_DELETE] = []
     app[AFTER_PUT] = []
     app[READ_THROUGH] = []

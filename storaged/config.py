@@ -67,6 +67,9 @@ class Config:
     auth_max_failures: int = _setting(10, "Wrong tokens a client address may send within auth_failure_window; "
                                       "beyond that it gets 429 with Retry-After until the window ends.")
     auth_failure_window: float = _setting(60.0, "Window of auth_max_failures.", "duration")
+    small_file_cache: int = _setting(64 * 1024**2, "Memory for serving small stored objects from RAM (their bytes are "
+                                     "checked against their id before they are kept; 0: off).", "size")
+    small_file_max: int = _setting(256 * 1024, "Largest object kept in the small-file cache.", "size")
     list_page_size: int = _setting(100, "Default page size of list endpoints (`limit` overrides, up to 1000).")
     # --- analyses (jobs) --------------------------------------------------
     job_concurrency: int = _setting(os.cpu_count() or 1, "Jobs (analyses, splits, clips, exports) that run at once; "

@@ -141,15 +141,38 @@ async def send_file(request: web.Request, path: Path | str, *, etag: str | None 
 def _respond(request: web.Request, path: Path, fobj, st: os.stat_result, etag: str | None,
              content_type: str | None, headers: Mapping[str, str] | None) -> web.StreamResponse:
     size = st.st_size
-    mtime = int(st.st_mtime)
     etag = etag or f"{st.st_mtime_ns:x}-{size:x}"
+    ctype = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    decided = _decide(request, etag, int(st.st_mtime), size, headers)
+    if isinstance(decided, web.Response):
+        fobj.close()
+        return decided
+    base, ranges = decided
+    return _FileBody(fobj, size, ctype, base, ranges)
+
+
+def send_bytes(request: web.Request, data: bytes, *, etag: str, mtime: int, content_type: str,
+               headers: Mapping[str, str] | None = None) -> web.Response:
+    """The same answer as :func:`send_file` for content already in memory (small immutable objects)."""
+    decided = _decide(request, etag, mtime, len(data), headers)
+    if isinstance(decided, web.Response):
+        return decided
+    base, ranges = decided
+    if not ranges:  # (aiohttp sends no body for HEAD, and keeps the length)
+        return web.Response(body=data, headers={**base, "Content-Type": content_type})
+    shape = _FileBody(None, len(data), content_type, base, ranges)
+    headers = {k: v for k, v in shape.headers.items() if k != "Content-Length"}
+    return web.Response(status=206, body=shape.render(data), headers=headers)
+
+
+def _decide(request: web.Request, etag: str, mtime: int, size: int, headers: Mapping[str, str] | None
+            ) -> "web.Response | tuple[dict, list[tuple[int, int]] | None]":
+    """Preconditions and ranges: a bodiless answer, or (headers, ranges to send; None = all)."""
     base = {**(headers or {}), "ETag": f'"{etag}"', "Last-Modified": formatdate(mtime, usegmt=True),
             "Accept-Ranges": "bytes"}
-    ctype = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     safe = request.method in ("GET", "HEAD")
 
     def bodiless(status: int, **extra: str) -> web.Response:
-        fobj.close()
         headers = {**base, **extra}
         if status != 304:
             # A 412/416 answers this request's conditions, not the file: no cache may reuse it.
@@ -177,7 +200,7 @@ def _respond(request: web.Request, path: Path, fobj, st: os.stat_result, etag: s
         return bodiless(416, **{"Content-Range": f"bytes */{size}"})
     if ranges and (len(ranges) > MAX_RANGES or _overlapping(ranges)):
         ranges = _coalesce(ranges)
-    return _FileBody(fobj, size, ctype, base, ranges)
+    return base, ranges
 
 
 class _FileBody(web.StreamResponse):
@@ -205,6 +228,11 @@ class _FileBody(web.StreamResponse):
                 self._parts.append((preamble, a, b - a + 1))
             self._trailer = f"\r\n--{boundary}--\r\n".encode()
         self.content_length = sum(len(p) + n for p, _, n in self._parts) + len(self._trailer)
+
+    def render(self, data: bytes) -> bytes:
+        """The whole body, from ``data`` (the file's bytes) instead of the open file."""
+        out = [p + data[offset:offset + count] for p, offset, count in self._parts]
+        return b"".join(out) + self._trailer
 
     async def prepare(self, request: web.BaseRequest):
         if self.prepared:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 from typing import AsyncIterator
 from urllib.parse import quote
 
@@ -11,7 +12,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 from storaged.api.expect import continue_unless
 from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS, READ_THROUGH
-from storaged.api.sendfile import send_file
+from storaged.api.sendfile import send_bytes, send_file
 from storaged.errors import BadRequest, PayloadTooLarge
 from storaged.ops.pins import is_pinned
 from storaged.store.layout import check_object_id
@@ -144,14 +145,26 @@ async def delete_upload(request: web.Request) -> web.Response:
 @routes.get("/download/{file_id}")
 @routes.get("/download/{file_id}/{name}")
 async def download(request: web.Request) -> web.StreamResponse:
-    """The bytes of a stored file (Range, ETag = content hash)."""
+    """The bytes of a stored file (Range, ETag = content hash); small ones from memory."""
     file_id = request.match_info["file_id"]
-    path, meta = await request.app[OBJECTS].open_path(file_id)
+    objects = request.app[OBJECTS]
+    disposition = "attachment" if "dl" in request.query else "inline"
+    entry = objects.small.get(file_id)
+    if entry is not None and disposition in entry.extra:
+        return send_bytes(request, entry.data, etag=file_id, mtime=entry.mtime, content_type=entry.content_type,
+                          headers=entry.extra[disposition])
+    path, meta = await objects.open_path(file_id)
     headers = {
         "Cache-Control": IMMUTABLE,
-        "Content-Disposition": content_disposition(
-            "attachment" if "dl" in request.query else "inline", meta["name"]),
+        "Content-Disposition": content_disposition(disposition, meta["name"]),
     }
+    if entry is None:
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        entry = await objects.small_object(file_id, meta, ctype)
+    if entry is not None:
+        entry.extra[disposition] = headers
+        return send_bytes(request, entry.data, etag=file_id, mtime=entry.mtime, content_type=entry.content_type,
+                          headers=headers)
     if request.app[READ_THROUGH] and not await asyncio.to_thread(path.exists):
         # Evicted to the storage tier: served from there.
         for hook in request.app[READ_THROUGH]:

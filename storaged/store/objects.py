@@ -73,6 +73,7 @@ from storaged.store.atomic import (
     unlink_quiet,
     write_json,
 )
+from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
 from storaged.store.layout import Layout, check_object_id
 
 log = logging.getLogger("storaged.store")
@@ -123,10 +124,12 @@ def guess_type(name: str) -> str:
 
 
 class ObjectStore:
-    def __init__(self, layout: Layout, *, max_size: int, chunk_size: int = 1024 * 1024) -> None:
+    def __init__(self, layout: Layout, *, max_size: int, chunk_size: int = 1024 * 1024,
+                 small: SmallObjects | None = None) -> None:
         self.layout = layout
         self.max_size = max_size
         self.chunk_size = chunk_size
+        self.small = small or SmallObjects(0, 0)
 
     # -- put -------------------------------------------------------------
     async def put(self, chunks: AsyncIterable[bytes], name: str | None = None,
@@ -212,6 +215,7 @@ class ObjectStore:
     def _heal(self, od: Path, tmp: Path, oid: str, name: str | None, content_type: str | None, size: int,
               trouble: str) -> dict[str, Any]:
         """Replace a damaged stored copy by the verified bytes in ``tmp`` (the object's lock is held)."""
+        self.small.forget(oid)
         set_aside: list[str] = []
 
         def keep_evidence(path: Path, move: bool) -> None:
@@ -297,6 +301,22 @@ class ObjectStore:
         check_object_id(oid)
         return await asyncio.to_thread(self.meta_blocking, oid)
 
+    async def small_object(self, oid: str, meta: dict[str, Any], content_type: str) -> SmallObject | None:
+        """The object's bytes from memory, filling the cache on a miss; None for objects not cached."""
+        entry = self.small.get(oid)
+        if entry is not None or not self.small.fits(meta.get("size", -1)):
+            return entry
+        generation = self.small.generation()
+        try:
+            found = await asyncio.to_thread(read_verified, self.data_path(oid, meta), oid, self.small.max_object)
+        except OSError:
+            return None  # missing or unreadable here: the file path answers (or explains) it
+        if found is None:
+            return None
+        entry = SmallObject(found[0], found[1], content_type)
+        self.small.put(oid, entry, generation)
+        return entry
+
     def data_path(self, oid: str, meta: dict[str, Any]) -> Path:
         return self.layout.object_dir(oid) / meta["stored_name"]
 
@@ -355,6 +375,7 @@ class ObjectStore:
             await asyncio.to_thread(self.delete_blocking, oid)
 
     def delete_blocking(self, oid: str) -> None:
+        self.small.forget(oid)
         final = self.layout.object_dir(oid)
         if not final.is_dir():
             raise NotFound(f"file not found: {oid}")
