@@ -120,3 +120,17 @@ async def test_landing_links_a_stream_timeline_when_the_app_has_one(aiohttp_clie
     sid = (await (await client.post("/streams/create", json={"url": "udp://127.0.0.1:9"})).json())["stream_id"]
     html = await (await client.get("/")).text()
     assert f'href="/streams/{sid}/timeline">timeline</a>' in html
+
+
+async def test_recent_uploads_follow_every_upload_and_delete(client):
+    """The landing page's recent list (cached per fan-out directory) sees each new and each deleted file."""
+    ids = []
+    for i in range(3):
+        resp = await client.post("/upload", params={"name": f"take {i}.mp4"}, data=f"bytes {i}".encode())
+        ids.append((await resp.json())["file_id"])
+        html = await (await client.get("/")).text()
+        positions = [html.index(f"take {j}.mp4") for j in range(i + 1)]
+        assert positions == sorted(positions, reverse=True), "newest first"
+    assert (await client.delete(f"/upload/{ids[1]}")).status == 200
+    html = await (await client.get("/")).text()
+    assert "take 1.mp4" not in html and "take 0.mp4" in html and "take 2.mp4" in html

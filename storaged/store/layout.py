@@ -84,21 +84,23 @@ class Layout:
         for d in (self.root, self.tmp, self.locks, self.locks / "objects"):
             d.mkdir(parents=True, exist_ok=True)
 
+    def fanout_dirs(self) -> list[str]:
+        """The two-hex-digit directories objects fan out into, sorted.  Blocking."""
+        try:
+            tops = sorted(e.name for e in self.root.iterdir())
+        except FileNotFoundError:
+            return []
+        return [top for top in tops if len(top) == 2 and top not in RESERVED_TOP]
+
+    def object_ids_in(self, top: str) -> list[str]:
+        """The object ids under one fan-out directory, sorted.  Blocking."""
+        try:
+            subs = sorted(e.name for e in (self.root / top).iterdir())
+        except (NotADirectoryError, FileNotFoundError):
+            return []
+        return [top + sub for sub in subs if OBJECT_ID_RE.match(top + sub)]
+
     def object_ids(self):
         """Yield every stored object id, in id order.  Blocking: call in a thread."""
-        root = self.root
-        try:
-            tops = sorted(e.name for e in root.iterdir())
-        except FileNotFoundError:
-            return
-        for top in tops:
-            if len(top) != 2 or top in RESERVED_TOP:
-                continue
-            try:
-                subs = sorted(e.name for e in (root / top).iterdir())
-            except (NotADirectoryError, FileNotFoundError):
-                continue
-            for sub in subs:
-                oid = top + sub
-                if OBJECT_ID_RE.match(oid):
-                    yield oid
+        for top in self.fanout_dirs():
+            yield from self.object_ids_in(top)

@@ -130,6 +130,8 @@ class ObjectStore:
         self.max_size = max_size
         self.chunk_size = chunk_size
         self.small = small or SmallObjects(0, 0)
+        # fan-out dir -> (its mtime, [(meta.json mtime, id)]): a cache for recent(), checked on every call
+        self._recent_cache: dict[str, tuple[int, list[tuple[int, str]]]] = {}
 
     # -- put -------------------------------------------------------------
     async def put(self, chunks: AsyncIterable[bytes], name: str | None = None,
@@ -352,13 +354,30 @@ class ObjectStore:
         return await asyncio.to_thread(self._recent_blocking, limit, offset)
 
     def _recent_blocking(self, limit: int, offset: int) -> dict[str, Any]:
-        # meta.json is written once, when the object is committed: its mtime is the upload time.
+        # meta.json is written once, when the object is committed: its mtime is the upload time.  A
+        # fan-out directory's own mtime changes whenever an object enters or leaves it (rename in or
+        # out), so only the directories that changed since the last call are read again: with 10k
+        # objects a warm call stats 256 directories instead of 10k files.
         stamped = []
-        for oid in self.layout.object_ids():
+        seen = set()
+        for top in self.layout.fanout_dirs():
+            seen.add(top)
             try:
-                stamped.append((os.stat(self.layout.object_dir(oid) / META).st_mtime_ns, oid))
+                dir_mtime = os.stat(self.layout.root / top).st_mtime_ns
             except FileNotFoundError:
                 continue
+            cached = self._recent_cache.get(top)
+            if cached is None or cached[0] != dir_mtime:
+                entries = []
+                for oid in self.layout.object_ids_in(top):
+                    try:
+                        entries.append((os.stat(self.layout.object_dir(oid) / META).st_mtime_ns, oid))
+                    except FileNotFoundError:
+                        continue
+                cached = self._recent_cache[top] = (dir_mtime, entries)
+            stamped.extend(cached[1])
+        for gone in set(self._recent_cache) - seen:
+            self._recent_cache.pop(gone, None)
         stamped.sort(reverse=True)
         files = []
         for _, oid in stamped[offset:offset + limit]:
