@@ -8,6 +8,7 @@ renders every one of them as ``{"error_message": ...}`` plus ``extra``.
 from __future__ import annotations
 
 import errno
+import json
 from typing import Any
 
 
@@ -85,3 +86,27 @@ def storage_fault(exc: BaseException) -> StoragedError | None:
             return cls(f"{text} ({name})", cause=name)
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def json_type(value: Any) -> str:
+    """The JSON type name of a decoded value, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
+
+
+def missing_or_mistyped(name: str, value: Any, expected: str) -> BadRequest:
+    """The 400 for a field that is absent or of the wrong type, saying which.
+
+    ``{"file_id": 42}`` is not a missing file_id: telling a client "file_id is required" when it
+    sent one sends it looking in the wrong place.
+    """
+    if value is None:
+        return BadRequest(f"{name} is required: {expected}")
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return BadRequest(f"{name} must be {expected} (got {shown}, a JSON {json_type(value)})")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from aiohttp import web
 from storaged.api.bodies import json_object
 from storaged.api.keys import BEFORE_DELETE, ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS
 from storaged.api.sendfile import send_file
-from storaged.errors import BadRequest, NotFound
+from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.analyses import work as analyses
 from storaged.jobs.state import CONFIG, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState
 from storaged.store.atomic import async_lock
@@ -31,14 +30,6 @@ def job_dir(request: web.Request, file_id: str, analysis_id: str) -> Path:
 def job_key(request: web.Request, file_id: str, analysis_id: str) -> str:
     """The job directory as a string, for the hot status-poll path (ids already validated)."""
     return f"{request.app[LAYOUT].root}/{file_id[:2]}/{file_id[2:]}/analysis/{analysis_id}"
-
-
-def _json_type(value) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {dict: "object", list: "array"}.get(type(value), "string")
 
 
 def state_response(file_id: str, analysis_id: str, state: JobState) -> web.Response:
@@ -62,11 +53,8 @@ async def analyse(request: web.Request) -> web.Response:
     """Start (or find) an analysis of a stored file."""
     body = await json_object(request)
     file_id = body.get("file_id")
-    if file_id is None:
-        raise BadRequest("file_id is required: the id answered by POST /upload")
     if not isinstance(file_id, str):
-        raise BadRequest(f"file_id must be a string, the 64-hex-digit id answered by POST /upload "
-                         f"(got {json.dumps(file_id)}, a JSON {_json_type(file_id)})")
+        raise missing_or_mistyped("file_id", file_id, "a string, the 64-hex-digit id answered by POST /upload")
     check_object_id(file_id)
     analysis, args = analyses.resolve(body.get("analysis"), body.get("args"))
     retry = body.get("retry", False)

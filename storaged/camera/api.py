@@ -26,7 +26,7 @@ from storaged.api.keys import CONFIG, JOBS, LAYOUT
 from storaged.camera import convert, images, usage
 from storaged.camera.motion import CameraSpec, MotionService, parse_cameras
 from storaged.config import ConfigError
-from storaged.errors import BadRequest, NotFound
+from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.schema import object_schema
 
 log = logging.getLogger("storaged.camera")
@@ -111,7 +111,7 @@ def _is_number(v: Any) -> bool:
 async def _camera(request: web.Request, body: dict) -> int:
     n = body.get("camera")
     if not _is_int(n):
-        raise BadRequest("camera is required: a camera number")
+        raise missing_or_mistyped("camera", n, "a camera number (an integer)")
     if not 0 < n <= images.MAX_CAMERA:
         raise BadRequest("camera must be a positive camera number")
     cam = request.app[CAMERA]
@@ -146,10 +146,8 @@ BODIES = {
 
 def _int_field(body: dict, name: str, default: int | None = None, minimum: int = 0) -> int:
     v = body.get(name, default)
-    if v is None:
-        raise BadRequest(f"{name} is required")
     if not _is_int(v):
-        raise BadRequest(f"{name} must be an integer")
+        raise missing_or_mistyped(name, v, "an integer")
     if v < minimum:
         raise BadRequest(f"{name} must be at least {minimum}")
     return v
@@ -192,7 +190,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     if kind == "mp4":
         fps = body.get("fps")
         if not _is_number(fps):
-            raise BadRequest("fps is required: frames per second of the video (a number)")
+            raise missing_or_mistyped("fps", fps, "frames per second of the video (a number)")
         if not 0 < fps <= MAX_FPS:
             raise BadRequest(f"fps must be more than 0 and at most {MAX_FPS}")
         args["fps"] = float(fps)
@@ -312,7 +310,7 @@ async def path_clean(request: web.Request) -> web.Response:
     n = await _camera(request, body)
     days = body.get("days")
     if not _is_number(days):
-        raise BadRequest("days is required: delete images older than this many days (a number)")
+        raise missing_or_mistyped("days", days, "delete images older than this many days (a number)")
     if days < DAYS["minimum"]:
         raise BadRequest("days must not be negative")
     cam = request.app[CAMERA]

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from storaged.camera import images
-from storaged.errors import BadRequest, NotFound
+from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.store.atomic import async_lock, fsync_dir, unlink_quiet
 
 log = logging.getLogger("storaged.camera")
@@ -64,7 +64,7 @@ def new_process_id(requested: datetime) -> str:
 
 def check_process_id(value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise BadRequest("id is required: a process id as answered by createVideo/createZip")
+        raise missing_or_mistyped("id", None if value == "" else value, "a process id (a string) as answered by createVideo/createZip")
     if not PROCESS_ID_RE.match(value):
         raise NotFound("process not found")
     return value

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from storaged.errors import BadRequest
+from storaged.errors import BadRequest, missing_or_mistyped
 
 IMAGE_RE = re.compile(r"^(\d{8})-(\d{6})-(\d{3})\.jpg$")
 DAY_RE = re.compile(r"^\d{8}$")
@@ -70,7 +70,8 @@ def parse_when(value: object, tz: ZoneInfo, field: str) -> datetime:
     values without one are taken as box time already.
     """
     if not isinstance(value, str) or not value.strip():
-        raise BadRequest(f"{field} is required: an ISO date or YYYYMMDD-HHMMSS")
+        raise missing_or_mistyped(field, None if isinstance(value, str) else value,
+                                  "an ISO date or YYYYMMDD-HHMMSS (a string)")
     raw = value.strip()
     m = KEY_RE.match(raw)
     try:

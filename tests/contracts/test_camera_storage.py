@@ -90,3 +90,19 @@ async def test_chimera_client_session(daemon, http, data_dir, tmp_path):
     assert status == 200 and out["deleted"] is True and out["id"] == video["id"]
     async with http.get(d.url + video["url"]) as r:
         assert r.status == 404
+
+
+async def test_wrong_typed_fields_are_400s_that_say_so_not_missing(daemon, http, data_dir):
+    plant_camera_images(data_dir, "1", "20240101-080000", count=2)
+    d = daemon(data_dir=data_dir)
+    cases = [("/file/pathSize", {"camera": "1"}, 'camera must be a camera number (an integer) (got "1", a JSON string)'),
+             ("/convert/statusProcess", {"id": 123}, "id must be a process id (a string)"),
+             ("/file/pathClean", {"camera": 1, "days": "30"}, 'days must be'),
+             ("/convert/createVideo", {"camera": 1, "fps": "10", "start": "20240101-080000",
+                                       "end": "20240101-090000"}, 'fps must be'),
+             ("/convert/createZip", {"camera": 1, "start": 20240101, "end": "20240101-090000"}, "start must be"),
+             ("/file/pathSize", {}, "camera is required")]
+    for path, body, words in cases:
+        async with http.post(d.url + path, json=body) as r:
+            message = (await r.json())["error_message"]
+        assert r.status == 400 and words in message, (path, body, message)
