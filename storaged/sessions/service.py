@@ -57,7 +57,6 @@ import logging
 import math
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
@@ -194,16 +193,8 @@ SPLIT_OPTIONS = object_schema({"accurate": {"type": "boolean", "default": False,
 
 
 def micros(seconds: float | None) -> int | None:
-    """Seconds as whole microseconds: the resolution of the events' interval index.
-
-    A bound too large to count in microseconds (a query's ``to=1e308``) is as good as no bound.
-    """
-    if seconds is None:
-        return None
-    value = seconds * 1_000_000
-    if not math.isfinite(value):
-        return sys.maxsize if value > 0 else -sys.maxsize
-    return round(value)
+    """Seconds as whole microseconds: the resolution of the events' interval index."""
+    return None if seconds is None else round(seconds * 1_000_000)
 
 
 def event_span(event: dict[str, Any]) -> tuple[int, int]:
