@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 
 from storaged.store import atomic
@@ -171,3 +172,94 @@ async def test_a_session_deleted_while_events_are_added_leaves_no_orphan(client)
     assert results[15].status == 200
     assert {r.status for r in results[:15] + results[16:]} <= {201, 404}
     assert await (await client.get("/events")).json() == []
+
+
+# -- start-up snapshots -------------------------------------------------------------------
+
+async def _restart(layout: Layout, caplog) -> RecordStore:
+    caplog.clear()
+    store = _events(layout)
+    with caplog.at_level("INFO", logger="storaged.records"):
+        await store.load()
+    return store
+
+
+async def _fill(layout: Layout, n: int) -> RecordStore:
+    store = _events(layout)
+    await store.load()
+    for i in range(n):
+        await store.create({"session_id": 1 + i % 3, "type": "lap", "time": i, "duration": None})
+    await store.close()
+    return store
+
+
+async def test_a_clean_stop_leaves_a_snapshot_the_next_start_uses_without_reading_files(data_dir, caplog):
+    layout = Layout(data_dir)
+    first = await _fill(layout, 50)
+    again = await _restart(layout, caplog)
+    assert "directory unchanged; 0 files read" in caplog.text
+    assert again.catalogue.rows == first.catalogue.rows
+    assert again.catalogue.select({"session_id": 2}, span=(10 * 10**6, 20 * 10**6)) == \
+        first.catalogue.select({"session_id": 2}, span=(10 * 10**6, 20 * 10**6))
+
+
+async def test_records_written_deleted_or_replaced_while_stopped_are_seen(data_dir, caplog):
+    layout = Layout(data_dir)
+    await _fill(layout, 20)
+    d = data_dir / "events"
+    os.unlink(d / "3.json")
+    rec = json.loads((d / "5.json").read_text())
+    atomic.write_json(d / "5.json", {**rec, "type": "edited"})  # as an editor saves: a new file renamed in
+    atomic.write_json(d / "99.json", {**rec, "id": 99})
+    again = await _restart(layout, caplog)
+    assert "changed files read again" in caplog.text
+    assert 3 not in again.catalogue and again.catalogue.get(99)["id"] == 99
+    assert again.catalogue.select({"type": "edited"}) == [5]
+    assert {i: again.catalogue.get(i) for i in again.catalogue.rows} == _tree(again)
+
+
+async def test_a_file_changed_in_place_behind_a_stopped_daemon_is_read_again(data_dir, caplog):
+    layout = Layout(data_dir)
+    await _fill(layout, 20)
+    path = data_dir / "events" / "7.json"
+    rec = json.loads(path.read_text())
+    with open(path, "w") as fh:  # in place: the directory does not change
+        fh.write(json.dumps({**rec, "type": "in-place"}))
+    again = await _restart(layout, caplog)
+    assert "directory unchanged" in caplog.text
+    assert await again.check_snapshot() == 1
+    assert again.catalogue.select({"type": "in-place"}) == [7]
+
+
+async def test_an_unreadable_snapshot_is_ignored(data_dir, caplog):
+    layout = Layout(data_dir)
+    first = await _fill(layout, 10)
+    from storaged.store import snapshot
+    snapshot.path_for(data_dir, "events").write_bytes(b"\x00garbage")
+    again = await _restart(layout, caplog)
+    assert "read every file" in caplog.text
+    assert again.catalogue.rows == first.catalogue.rows
+
+
+async def test_videostreams_start_from_a_snapshot_and_see_in_place_changes(data_dir, caplog):
+    from storaged.videostreams.service import VideostreamCatalogue
+    layout = Layout(data_dir)
+    first = VideostreamCatalogue(layout)
+    made = [await first.create({"stream_url": f"rtsp://cam/{i}", "startTime": f"2024-01-01T00:{i:02d}:00Z",
+                                "endTime": f"2024-01-01T00:{i:02d}:30Z", "capturesource": 1 + i % 2})
+            for i in range(12)]
+    await first.close()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="storaged.videostreams"):
+        again = VideostreamCatalogue(layout)
+        await again.load()
+    assert "directory unchanged; 0 files read" in caplog.text
+    assert [await again.get(m["id"]) for m in made] == made
+    path = first.store.path(made[3]["id"])
+    edited = {**made[3], "stream_url": "rtsp://cam/edited"}
+    with open(path, "w") as fh:  # in place, behind the stopped daemon's back
+        fh.write(json.dumps(edited))
+    third = VideostreamCatalogue(layout)
+    await third.load()
+    assert await third.check_snapshot() == 1
+    assert await third.get(made[3]["id"]) == edited

@@ -19,7 +19,7 @@ from storaged.config import Config
 from storaged.errors import InsufficientStorage, StorageUnavailable, storage_fault
 from storaged.ops.fsck import Fsck
 from storaged.store.layout import Layout
-from tests.helpers import json_of
+from tests.helpers import json_of, wait_until
 
 BODY = b"the good bytes of an upload\n" * 4096
 
@@ -125,6 +125,10 @@ async def test_a_sound_dedupe_drops_the_new_copy_and_keeps_the_old(client, data_
 
 # -- damaged records -----------------------------------------------------------------------
 
+async def _status_of(client, url: str, status: int) -> bool:
+    return (await client.get(url)).status == status
+
+
 async def test_a_half_written_record_answers_a_specific_error_and_listings_say_they_skipped_it(make_client, data_dir):
     client = await make_client()
     ids = []
@@ -136,7 +140,10 @@ async def test_a_half_written_record_answers_a_specific_error_and_listings_say_t
     path = data_dir / "sessions" / f"{ids[1]}.json"
     path.write_bytes(path.read_bytes()[:15])  # torn, as a disk fault leaves it
     name = f"sessions/{ids[1]}.json"
-    client = await make_client()  # a torn file is what a crash leaves: the next start meets it
+    client = await make_client()  # the next start meets it
+    # The start trusts the clean stop's snapshot (the directory did not change), then finds the file
+    # changed in place behind its back and reads it again.
+    await wait_until(lambda: _status_of(client, f"/sessions/{ids[1]}", 500), what="the torn record noticed")
 
     for method, url, body in (("GET", f"/sessions/{ids[1]}", None),
                               ("PUT", f"/sessions/{ids[1]}", {"video_url": "/x.mp4"}),

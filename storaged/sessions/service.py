@@ -215,12 +215,14 @@ class SessionsService:
         self.membership = SharedExclusive(
             lambda session_id: layout.lock_for("sessions", f"{session_id}.children"))
         self._watchers: dict[Path, asyncio.Task] = {}
-        self._applying = asyncio.Lock()  # the watcher and a status GET may see the same job done
+        self._applying = asyncio.Lock()
+        self._snapshot_check: asyncio.Task | None = None  # the watcher and a status GET may see the same job done
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         """Load the catalogues; apply splits that finished while the daemon was away; watch those still running."""
         await asyncio.gather(self.sessions.load(), self.races.load(), self.events.load())
+        self._snapshot_check = asyncio.create_task(self._check_snapshots(), name="sessions-snapshot-check")
         for session_id, job_dir in await asyncio.to_thread(self._latest_jobs):
             try:
                 state = await self.jobs.state(job_dir)
@@ -231,11 +233,21 @@ class SessionsService:
             else:
                 self._watch(session_id, job_dir)
 
+    async def _check_snapshots(self) -> None:
+        for store in (self.sessions, self.races, self.events):
+            try:
+                await store.check_snapshot()
+            except OSError as exc:
+                log.warning("%s: checking the snapshot against the files failed: %s", store.kind, exc)
+
     async def close(self) -> None:
         tasks = list(self._watchers.values())
+        if self._snapshot_check is not None:
+            tasks.append(self._snapshot_check)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(self.sessions.close(), self.races.close(), self.events.close())
 
     def _latest_jobs(self) -> list[tuple[int, Path]]:
         out = []

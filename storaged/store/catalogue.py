@@ -68,25 +68,35 @@ class Catalogue:
         self.loaded = False
 
     # -- building ----------------------------------------------------------------
+    def row_of(self, record: dict[str, Any]) -> tuple:
+        """What the catalogue keeps of a record, as a snapshot stores it: (bytes, facet values, span)."""
+        extent = self.span(record) if self.span is not None else None
+        return compact(record), tuple(record.get(f) for f in self.facets), extent
+
     def fill(self, records: Iterable[dict[str, Any]]) -> None:
         """Add many records (the start-up build, in a worker thread, before the swap)."""
-        rows, by, span, group = self.rows, self._by, self.span, self.span_group
+        self.fill_rows({record["id"]: self.row_of(record) for record in records})
+
+    def fill_rows(self, rows: dict[int, tuple]) -> None:
+        """Add many rows made by ``row_of`` (from the files or a snapshot)."""
+        held, indexes = self.rows, [self._by[f] for f in self.facets]
+        group = self.facets.index(self.span_group) if self.span_group is not None else None
         entries = []
-        for record in records:
-            record_id = record["id"]
-            rows[record_id] = compact(record)
-            for facet, index in by.items():
-                key = record.get(facet)
+        for record_id, (raw, values, extent) in rows.items():
+            held[record_id] = raw
+            for index, key in zip(indexes, values):
                 ids = index.get(key)
                 if ids is None:
                     ids = index[key] = set()
                 ids.add(record_id)
-            if span is not None:
-                extent = span(record)
-                if extent is not None:
-                    entries.append((record_id, extent[0], extent[1], record.get(group)))
+            if extent is not None:
+                entries.append((record_id, extent[0], extent[1], None if group is None else values[group]))
         if entries:
             self._times = TimeIndex.build([*self._times, *entries])
+
+    def export_rows(self, raws: dict[int, bytes]) -> dict[int, tuple]:
+        """Rows for a snapshot from a copy of ``rows`` (decodes each; run it in a thread)."""
+        return {record_id: self.row_of(json.loads(raw)) for record_id, raw in raws.items()}
 
     def adopt(self, other: "Catalogue") -> None:
         """Take over what a catalogue built elsewhere (a worker thread) holds."""

@@ -62,6 +62,11 @@ class Layout:
         return self.locks / kind / f"{name}.lock"
 
     @property
+    def cache(self) -> Path:
+        """Start-up snapshots of the in-memory catalogues (storaged.store.snapshot): deletable at any time."""
+        return self.root / "cache"
+
+    @property
     def lost_found(self) -> Path:
         return self.root / "lost+found"
 

@@ -34,13 +34,20 @@ async def _catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
     # The index is built in the background so the rest of the daemon serves at
     # once; every catalogue call awaits the same load, so a videostreams
     # request that comes early waits for it instead of seeing an empty catalogue.
-    task = asyncio.create_task(app[VIDEOSTREAMS].load(), name="videostreams-load")
+    catalogue = app[VIDEOSTREAMS]
+
+    async def load_then_check() -> None:
+        await catalogue.load()
+        await catalogue.check_snapshot()
+
+    task = asyncio.create_task(load_then_check(), name="videostreams-load")
     task.add_done_callback(_log_failure)
     yield
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await catalogue.close()
 
 
 def _log_failure(task: asyncio.Task) -> None:

@@ -40,13 +40,15 @@ from typing import Any, NamedTuple
 from storaged.errors import BadRequest, Conflict, NotFound
 from storaged.schema import documents, nullable, object_schema, schema_of
 from storaged.store.layout import Layout
-from storaged.store.records import MAX_SAFE_INT, RecordStore
+from storaged.store import snapshot
+from storaged.store.records import MAX_SAFE_INT, SNAPSHOT_AFTER_READS, RecordStore
 from storaged.videostreams import times
 from storaged.store.timeindex import TimeIndex
 
 log = logging.getLogger("storaged.videostreams")
 
 KIND = "videostreams"
+SNAPSHOT_VERSION = "videostreams-1"
 FIELDS = ("startTime", "endTime", "stream_url", "capturesource")
 MAX_URL_LENGTH = 8192
 _CURSOR = re.compile(r"^(-?[0-9]{1,20})\.([0-9]{1,16})$")
@@ -92,6 +94,9 @@ class VideostreamCatalogue:
         self._loaded = False
         self._load_lock = asyncio.Lock()
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        self._snapshot = snapshot.path_for(layout.root, KIND)
+        self._trusted_snapshot_at: int | None = None
+        self._started_ns = time.time_ns()
 
     # -- loading -------------------------------------------------------------
     async def load(self) -> None:
@@ -108,37 +113,83 @@ class VideostreamCatalogue:
                      f" ({skipped} unreadable skipped)" if skipped else "")
 
     def _load_blocking(self) -> tuple[dict[int, Row], TimeIndex, int]:
+        """The memory from a snapshot checked against the tree, reading only the files it cannot vouch for."""
         directory = self.store.dir
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return {}, TimeIndex(), 0
-        records: dict[int, Row] = {}
-        entries = []
         skipped = 0
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for name in names:
-                stem = name[:-5]
-                if not name.endswith(".json") or not stem.isdigit() or stem[0] == "0":
-                    continue
-                record_id = int(stem)
+
+        def read(record_id: int) -> tuple[Row, int, int | None] | None:
+            nonlocal skipped
+            try:
+                return self._parse_file(record_id)
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError, BadRequest) as exc:
+                skipped += 1
+                log.warning("videostreams: skipping unreadable record %s.json: %s", record_id, exc)
+                return None
+
+        rows, read_count, how, true_at = snapshot.load(self._snapshot, directory, SNAPSHOT_VERSION, read)
+        if how == "snapshot, directory unchanged":
+            self._trusted_snapshot_at = true_at[1]
+        elif read_count > SNAPSHOT_AFTER_READS:
+            snapshot.save(self._snapshot, directory, SNAPSHOT_VERSION, rows, true_at)
+        log.info("videostreams: %s; %d files read", how, read_count)
+        records = {record_id: row for record_id, (row, _s, _e) in rows.items()}
+        index = TimeIndex.build((record_id, start, end, row[4]) for record_id, (row, start, end) in rows.items())
+        return records, index, skipped
+
+    def _parse_file(self, record_id: int) -> tuple[Row, int, int | None]:
+        with open(self.store.path(record_id), "rb") as fh:
+            text = fh.read().decode()
+        parsed = _parse_own(text, record_id)
+        if parsed is None:  # not byte for byte as written here: the full check
+            record, start, end = self._from_disk(_decode(text)[0], record_id)
+            parsed = _row(record), start, end
+        return parsed
+
+    async def check_snapshot(self) -> int:
+        """After a start that trusted a snapshot: read again the files changed in place behind its back."""
+        saved_at, self._trusted_snapshot_at = self._trusted_snapshot_at, None
+        if saved_at is None:
+            return 0
+        maybe = await asyncio.to_thread(snapshot.changed_since, self.store.dir, saved_at, self._started_ns)
+        changed = 0
+        for record_id in maybe:
+            async with self._lock_for(record_id):
                 try:
-                    text = _read_small(name, dir_fd).decode()
-                    parsed = _parse_own(text, record_id)
-                    if parsed is None:  # not byte for byte as written here: the full check
-                        record, start, end = self._from_disk(_decode(text)[0], record_id)
-                        parsed = _row(record), start, end
-                except (OSError, ValueError, BadRequest) as exc:
-                    skipped += 1
-                    log.warning("videostreams: skipping unreadable record %s: %s", name, exc)
+                    row, start, end = await asyncio.to_thread(self._parse_file, record_id)
+                except (OSError, ValueError, BadRequest):
+                    row = None
+                if row == self._records.get(record_id):
                     continue
-                row, start, end = parsed
-                records[record_id] = row
-                entries.append((record_id, start, end, row[4]))
-        finally:
-            os.close(dir_fd)
-        return records, TimeIndex.build(entries), skipped
+                changed += 1
+                self._forget(record_id)
+                if row is not None:
+                    self._remember(_as_dict(row), start, end)
+        if changed:
+            log.warning("videostreams: %d record files were changed in place while the daemon was stopped; "
+                        "read again", changed)
+        return changed
+
+    async def close(self) -> None:
+        """At a clean stop (nothing writes any more): a snapshot for the next start."""
+        if not self._loaded:
+            return
+        records = dict(self._records)
+        index = self._index
+
+        def save() -> None:
+            rows = {}
+            for record_id, row in records.items():
+                start, end, _source = index.get(record_id)
+                rows[record_id] = (row, start, end)
+            snapshot.save(self._snapshot, self.store.dir, SNAPSHOT_VERSION, rows,
+                          snapshot.quiet_stamp(self.store.dir))
+
+        try:
+            await asyncio.to_thread(save)
+        except OSError as exc:
+            log.warning("videostreams: no snapshot written (%s); the next start reads every record", exc)
 
     @staticmethod
     def _from_disk(raw: Any, record_id: int) -> tuple[dict[str, Any], int, int | None]:
@@ -341,26 +392,6 @@ def _row(record: dict[str, Any]) -> Row:
 def _as_dict(row: Row) -> dict[str, Any]:
     return {"id": row[0], "startTime": row[1], "endTime": row[2], "stream_url": row[3], "capturesource": row[4]}
 
-
-def _read_small(name: str, dir_fd: int) -> bytes:
-    """A small file's bytes with plain syscalls (this runs once per record at start-up).
-
-    The read size stays small on purpose: ``os.read`` allocates its whole
-    buffer, and a 1 MiB one per file made start-up several times slower.
-    """
-    fd = os.open(name, os.O_RDONLY, dir_fd=dir_fd)
-    try:
-        data = os.read(fd, 65536)
-        if len(data) == 65536:
-            chunks = [data]
-            while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    finally:
-        os.close(fd)
-
-
 # -- validation ---------------------------------------------------------------
 def _render(record_id: int, start: int, end: int | None, url: str, source: int | None) -> dict[str, Any]:
     return {"id": record_id, "startTime": times.format_us(start),
@@ -444,3 +475,4 @@ def _parse_cursor(raw: Any) -> tuple[int, int]:
     if not m:
         raise BadRequest("malformed cursor: pass back the next cursor of the previous page", field="cursor")
     return int(m.group(1)), int(m.group(2))
+
