@@ -67,10 +67,13 @@ async def segments_at_least(client, sid: int, n: int, timeout: float = 60) -> di
     return await wait_until(enough, timeout=timeout, what=f"{n} segments of stream {sid}")
 
 
-async def clip_done(client, sid: int, start: float, stop: float | None = None, timeout: float = 60) -> dict:
+async def clip_done(client, sid: int, start: float, stop: float | None = None, timeout: float = 60,
+                    mode: str | None = None) -> dict:
     params = {"start": str(start)}
     if stop is not None:
         params["stop"] = str(stop)
+    if mode is not None:
+        params["mode"] = mode
     seen = set()
 
     async def done():

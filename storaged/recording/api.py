@@ -131,5 +131,5 @@ async def get_clip(request: web.Request) -> web.Response:
         raise BadRequest("start is required (POSIX timestamp)")
     start = timestamp(q["start"], "start")
     stop = timestamp(q["stop"], "stop") if q.get("stop") not in (None, "") else None
-    answer = await request.app[CLIPS].request(request.match_info["id"], start, stop)
+    answer = await request.app[CLIPS].request(request.match_info["id"], start, stop, q.get("mode") or "copy")
     return web.json_response(with_links(request, answer))

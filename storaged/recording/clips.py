@@ -48,8 +48,13 @@ KIND = "storaged.recording.clips:cut_clips"
 MIN_PIECE = 0.04  # shorter overlaps than one frame are not worth a clip
 
 
-def clip_id(stream_id: int, start: float, stop: float | None) -> str:
-    key = f"stream={stream_id}\nstart={start!r}\nstop={stop!r}\nformat=mp4-copy-v1"
+MODES = ("copy", "accurate")
+
+
+def clip_id(stream_id: int, start: float, stop: float | None, mode: str = "copy") -> str:
+    # v2: a copy clip starts at the keyframe at or before start (v1 let the concat inpoint drop frames).
+    fmt = "mp4-copy-v2" if mode == "copy" else "mp4-accurate-v1"
+    key = f"stream={stream_id}\nstart={start!r}\nstop={stop!r}\nformat={fmt}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -88,19 +93,31 @@ def _quote(path: Path) -> str:
     return "'" + str(path).replace("'", "'\\''") + "'"
 
 
-def concat_list(items, paths: list[Path]) -> str:
-    """An ffconcat script; inpoint/outpoint are on each file's own timestamps (offset by its start)."""
+def concat_list(items, paths: list[Path]) -> tuple[str, float]:
+    """An ffconcat script, and how many seconds before the first item's cut-in point the clip starts.
+
+    inpoint/outpoint are on each file's own timestamps (offset by its start).
+    The inpoint is the keyframe at or before the cut-in point: a stream copy
+    can only start on one, and starting anywhere else would leave frames
+    that cannot be decoded (or, with ffmpeg's concat demuxer, silently drop
+    the picture up to the next keyframe).
+    """
     lines = ["ffconcat version 1.0"]
-    for (seg, cut_in, cut_out), path in zip(items, paths):
+    lead = 0.0
+    for i, ((seg, cut_in, cut_out), path) in enumerate(zip(items, paths)):
         lines.append(f"file {_quote(path)}")
         base = None
         if cut_in is not None or cut_out is not None:
             base = idx.ts_start_time(path) or 0.0
         if cut_in is not None:
-            lines.append(f"inpoint {base + cut_in:.6f}")
+            target = base + cut_in
+            keyframes = [k for k in idx.ts_keyframes(path) if k <= target + 1e-4] if i == 0 else []
+            inpoint = max(keyframes) if keyframes else target
+            lead = target - inpoint
+            lines.append(f"inpoint {inpoint:.6f}")
         if cut_out is not None:
             lines.append(f"outpoint {base + cut_out:.6f}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", lead
 
 
 def clip_name(stream_id: int, start: float) -> str:
@@ -127,7 +144,7 @@ class ClipService:
     def job_dir(self, stream_id: int, cid: str) -> Path:
         return self.streams.stream_dir(stream_id) / "clips" / cid
 
-    async def request(self, raw_id: Any, start: float, stop: float | None) -> dict[str, Any]:
+    async def request(self, raw_id: Any, start: float, stop: float | None, mode: str = "copy") -> dict[str, Any]:
         record = await self.streams.record(raw_id)
         stream_id = record["id"]
         state = await self.streams.read_state(stream_id)
@@ -135,7 +152,9 @@ class ClipService:
             raise StoragedError("Stream not started", status=500)
         if stop is not None and stop <= start:
             raise BadRequest("stop must be later than start")
-        cid = clip_id(stream_id, start, stop)
+        if mode not in MODES:
+            raise BadRequest(f"mode must be one of: {', '.join(MODES)}")
+        cid = clip_id(stream_id, start, stop, mode)
         jd = self.job_dir(stream_id, cid)
         key = str(jd)
         task = self._tasks.get(key)
@@ -151,9 +170,9 @@ class ClipService:
                     return {"status": "pending", "clip_id": cid, "start": start, "stop": stop,
                             "recorded_until": None if until is None else round(until, 3)}
             config = {"kind": KIND, "requested": datetime.now(timezone.utc).isoformat(),
-                      "args": {"stream_id": stream_id, "start": start, "stop": stop}}
+                      "args": {"stream_id": stream_id, "start": start, "stop": stop, "mode": mode}}
             await asyncio.to_thread(_prepare, jd, config)
-            task = asyncio.get_running_loop().create_task(self._cut(stream_id, cid, start, stop))
+            task = asyncio.get_running_loop().create_task(self._cut(stream_id, cid, start, stop, mode))
             self._tasks[key] = task
             task.add_done_callback(lambda t, k=key: self._done(k, t))
         if self.wait > 0:
@@ -162,7 +181,9 @@ class ClipService:
             exc = task.exception()
             if exc is None:
                 return task.result()
-            return {"status": "failed", "clip_id": cid, "error": str(exc)}
+            # The contract knows pending/processing/done and error_message: a failed cut is a 500 in
+            # that shape (asking again cuts again), never a fourth status a poll loop would spin on.
+            raise StoragedError(f"Cannot cut clip: {exc}", status=500, clip_id=cid)
         return {"status": "processing", "clip_id": cid, "start": start, "stop": stop}
 
     def _done(self, key: str, task: asyncio.Task) -> None:
@@ -170,7 +191,8 @@ class ClipService:
         if not task.cancelled():
             task.exception()  # retrieved: a failure is answered from results.json
 
-    async def _cut(self, stream_id: int, cid: str, start: float, stop: float | None) -> dict[str, Any]:
+    async def _cut(self, stream_id: int, cid: str, start: float, stop: float | None,
+                   mode: str = "copy") -> dict[str, Any]:
         jd = self.job_dir(stream_id, cid)
         began = time.monotonic()
         index = self.streams.index(stream_id)
@@ -183,18 +205,31 @@ class ClipService:
             stop_eff = stop
         p = plan(segments, start, stop_eff)
         clips = []
+        covered = []
         timings = {"plan": time.monotonic() - began, "ffmpeg": 0.0, "store": 0.0}
         try:
             for i, c in enumerate(p["clips"]):
                 paths = [index.path(seg) for seg, _, _ in c["items"]]
-                script = await asyncio.to_thread(concat_list, c["items"], paths)
+                script, lead = await asyncio.to_thread(concat_list, c["items"], paths)
                 lst = jd / f"clip{i}.ffconcat"
                 out = jd / f"clip{i}.mp4"
                 await asyncio.to_thread(lst.write_text, script)
                 t = time.monotonic()
+                if mode == "accurate":
+                    # Decode from the keyframe, drop what precedes start, encode: the first frame is start's.
+                    codec = ["-ss", f"{lead:.6f}", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
+                             "-pix_fmt", "yuv420p", "-c:a", "aac"]
+                    first = c["start"]
+                else:
+                    codec = ["-c", "copy"]
+                    first = c["start"] - lead
                 await ffmpeg.run(ffmpeg.base_args() + ["-f", "concat", "-safe", "0", "-i", str(lst),
-                                                       "-c", "copy", "-movflags", "+faststart", str(out)])
+                                                       *codec, "-movflags", "+faststart", str(out)])
                 timings["ffmpeg"] += time.monotonic() - t
+                held = _video_duration(await ffmpeg.probe(out))
+                # What the clip really holds: its first frame's time, and its first frame plus its length.
+                c["start"], c["stop"] = first, first + held if held is not None else c["stop"]
+                covered.append(interval(c["start"], c["stop"]))
                 t = time.monotonic()
                 name = clip_name(stream_id, c["start"])
                 meta = await self.objects.put(_file_chunks(out), name, "video/mp4")
@@ -210,8 +245,8 @@ class ClipService:
             results = {"status": "failed", "clip_id": cid, "error": str(exc), "stderr": exc.stderr}
             await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
             raise
-        results = {"status": "done", "clip_id": cid, "start": start, "stop": stop_eff,
-                   "clips": clips, "covered": p["covered"], "missing": p["missing"],
+        results = {"status": "done", "clip_id": cid, "start": start, "stop": stop_eff, "mode": mode,
+                   "clips": clips, "covered": covered, "missing": p["missing"],
                    "seconds": round(time.monotonic() - began, 3),
                    "timings": {k: round(v, 3) for k, v in timings.items()}}
         await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
@@ -222,6 +257,14 @@ class ClipService:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _video_duration(info: dict[str, Any]) -> float | None:
+    """Seconds of picture in a clip: its video stream's duration (the format's when it has none)."""
+    for stream in info.get("streams", []):
+        if stream.get("codec_type") == "video" and stream.get("duration") not in (None, "N/A"):
+            return float(stream["duration"])
+    return ffmpeg.duration_of(info)
 
 
 def _prepare(jd: Path, config: dict[str, Any]) -> None:

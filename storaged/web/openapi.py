@@ -322,10 +322,14 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                                "404": "`Stream not found`", "500": "`Cannot get stream status`"}},
     "GET /streams/{id}/get_clip": {
         "query": {"start": {"type": "number", "minimum": 0, "description": "POSIX seconds"},
-                  "stop": {"type": "number", "minimum": 0, "description": "POSIX seconds"}},
+                  "stop": {"type": "number", "minimum": 0, "description": "POSIX seconds"},
+                  "mode": {"type": "string", "enum": ["copy", "accurate"],
+                           "description": "copy: from the keyframe at or before start; accurate: re-encoded "
+                                          "from start"}},
         "responses": {"200": answer("the clip's state; `done` with its clips, covered and missing spans", _CLIP),
-                      "400": "missing or malformed start/stop, stop <= start", "404": "`Stream not found`",
-                      "500": "`Stream not started`, or the cut failed (`error_message`)", "507": _507[1]}},
+                      "400": "missing or malformed start/stop, stop <= start, unknown mode",
+                      "404": "`Stream not found`",
+                      "500": "`Stream not started`, or the cut failed (`Cannot cut clip: ...`)", "507": _507[1]}},
     # videostreams
     "GET /api/v1/videostreams": {
         "query": {"timespan[start]": TIME_SCHEMA, "timespan[end]": TIME_SCHEMA,
