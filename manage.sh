@@ -2,9 +2,10 @@
 # One entry point for people and CI:
 #   ./manage.sh run    install what is missing, then run the daemon on ./data
 #   ./manage.sh test   install what is missing, then run the whole test suite
-# Installs ffmpeg/ffprobe, chromium (the tests' headless browser) and
-# python3-venv from Debian's packages when missing, creates .venv, installs
-# the package with its test extras.
+# Installs ffmpeg/ffprobe, chromium (the tests' headless browser), node + npm
+# and python3-venv from Debian's packages when missing, creates .venv, installs
+# the package with its test extras, and the Node packages the tests run
+# (tus-js-client, pinned by tests/js/package-lock.json) with npm ci.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,6 +33,9 @@ system_deps() {
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     # systemd-analyze: tests/test_systemd_unit.py rates the unit's hardening offline.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # node + npm: tests/js runs tus-js-client, the browsers' tus client, under Node.
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing from Debian's packages: ${missing[*]}"
         apt_install "${missing[@]}"
@@ -50,6 +54,14 @@ python_deps() {
     fi
 }
 
+js_deps() {
+    # Exactly the versions in the lockfile; only when missing or the lockfile changed.
+    if [ ! -d tests/js/node_modules ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+        (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+        touch tests/js/node_modules
+    fi
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -58,11 +70,11 @@ case "$cmd" in
         exec "$VENV/bin/storaged" serve --data-dir ./data "$@"
         ;;
     test)
-        system_deps; python_deps
+        system_deps; python_deps; js_deps
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     install)
-        system_deps; python_deps
+        system_deps; python_deps; js_deps
         ;;
     *)
         echo "usage: $0 run|test|install [args…]" >&2
