@@ -68,6 +68,23 @@ async def test_dummy_goes_from_202_to_200(client, video_id, data_dir):
     await wait_until(lambda: _agone(job / "inrun.pid"), what="pid file removed")
 
 
+async def test_pending_progress_is_in_headers_and_in_the_listing(client, video_id):
+    aid = await start(client, video_id, "dummy", {"seconds": 3})
+
+    async def progressed():
+        resp = await client.get(f"/results/{video_id}/{aid}")
+        assert resp.status == 202 and await resp.read() == b"" and resp.headers["Retry-After"] == "1"
+        value = resp.headers.get("X-Job-Progress")
+        return float(value) if value is not None and resp.headers["X-Job-Status"] == "running" else None
+
+    first = await wait_until(progressed, what="X-Job-Progress while running")
+    assert 0 <= first < 1
+    listing = await (await client.get(f"/results/{video_id}")).json()
+    (entry,) = [a for a in listing["analyses"] if a["analysis_id"] == aid]
+    assert entry["status"] == "running" and 0 <= entry["progress"] < 1
+    assert (await client.delete(f"/results/{video_id}/{aid}")).status == 200
+
+
 async def test_same_request_twice_is_one_run(client, video_id, data_dir):
     a = await start(client, video_id, "dummy", {"seconds": 0.3})
     b = await start(client, video_id, "dummy", {"seconds": 0.3})
