@@ -146,6 +146,8 @@ def timeline_url(app: web.Application, stream_id: int) -> str | None:
     return None
 
 
+# Families' app keys are imported where they are used: their api modules import storaged.web (browse,
+# openapi), so importing them at the top of this module would be a cycle.
 async def streams_section(request: web.Request) -> str:
     from storaged.recording.api import STREAMS
     service = request.app.get(STREAMS)
