@@ -1,11 +1,12 @@
 """A real daemon on a real small filesystem that fills up, turns read-only, or is tampered with.
 
 * *Disk full*: a 64 MiB tmpfs, uploads and record creates from several
-  clients at once while a stream records a live source, until the disk is
-  full.  Every answer is 200/201 or 507 naming ENOSPC, nothing acknowledged
-  is lost or torn, failed uploads leave no temp file, ``/healthz`` says 503;
-  when space comes back (a file outside the data root is removed) writes
-  succeed again, and after a restart ``storaged fsck`` is clean.
+  clients at once while a stream records a live source and a camera saves
+  motion images from another, until the disk is full.  Every answer is 200/201 or 507 naming ENOSPC, nothing acknowledged
+  is lost or torn, failed uploads leave no temp file, no camera image under
+  its final name is torn, ``/healthz`` says 503; when space comes back (a
+  file outside the data root is removed) writes succeed again, the camera
+  saves again, and after a restart ``storaged fsck`` is clean.
 * *Read-only remount* mid-run (``mount -o remount,ro``): write routes answer
   503 naming EROFS, reads go on, ``/healthz`` says 503 and why; read-write
   again, everything works and fsck is clean.  ``serve`` on a read-only root
@@ -94,7 +95,9 @@ async def test_disk_full_loses_nothing_acknowledged_and_recovers(small_fs, tmp_p
     ballast = small_fs / "ballast"  # space taken by something else on the same filesystem
     ballast.write_bytes(os.urandom(12 << 20))
     source = LiveSource().start()
-    d = daemon_on(data_dir, tmp_path)
+    camera_feed = LiveSource().start()
+    d = daemon_on(data_dir, tmp_path, "--cameras", f"1={camera_feed.url}|fps=2|threshold=0.01",
+                  "--camera-backoff-max", "2")
     rng = random.Random(15)
     acknowledged: dict[str, bytes] = {}
     sessions: dict[int, str] = {}
@@ -155,6 +158,8 @@ async def test_disk_full_loses_nothing_acknowledged_and_recovers(small_fs, tmp_p
             assert not leftovers, f"failed uploads left temp files: {leftovers}"
             status, st = await call(http, "GET", f"{d.url}/streams/{sid}/status")
             assert status == 200, st
+            assert_whole_images(data_dir)
+            saved_when_full = await images_saved(http, d.url)
 
             # Space comes back: writes work again, health recovers.
             ballast.unlink()
@@ -169,6 +174,10 @@ async def test_disk_full_loses_nothing_acknowledged_and_recovers(small_fs, tmp_p
             async def healthy():
                 return (await health(http, d.url))[0] == 200
             await wait_until(healthy, timeout=10, what="/healthz ok again")
+
+            async def camera_saves_again():
+                return await images_saved(http, d.url) > saved_when_full
+            await wait_until(camera_saves_again, timeout=60, what="the camera saving images again")
             status, out = await call(http, "POST", f"{d.url}/streams/{sid}/stop")
             assert status == 200, out
         assert d.stop() == 0
@@ -181,9 +190,24 @@ async def test_disk_full_loses_nothing_acknowledged_and_recovers(small_fs, tmp_p
                 assert status == 200 and out["video_url"] == video_url
         checked = fsck(data_dir)
         assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert_whole_images(data_dir)
     finally:
         d.kill()
         source.stop()
+        camera_feed.stop()
+
+
+async def images_saved(http: aiohttp.ClientSession, url: str) -> int:
+    status, out = await call(http, "GET", f"{url}/motion/status")
+    assert status == 200, out
+    return next(c for c in out["cameras"] if c["camera"] == 1)["imagesSaved"]
+
+
+def assert_whole_images(data_dir: Path) -> None:
+    """Every camera image under its final name is a whole JPEG (a full disk tears nothing)."""
+    for p in (data_dir / "camera" / "1").glob("*/*.jpg"):
+        raw = p.read_bytes()
+        assert raw[:2] == b"\xff\xd8" and raw[-2:] == b"\xff\xd9", f"torn image {p}"
 
 
 # -- read-only remount ---------------------------------------------------------------------------
