@@ -415,3 +415,31 @@ async def test_disk_full_is_507_with_the_offset_unchanged(aiohttp_client, tmp_pa
         await client.close()
     finally:
         umount(mnt)
+
+
+async def test_a_long_patch_commits_checkpoints_while_it_streams(client, data_dir, monkeypatch):
+    """A daemon killed in the middle of one long PATCH keeps what was checkpointed."""
+    from storaged.uploads import service
+    from tests.helpers import wait_until
+
+    monkeypatch.setattr(service, "CHECKPOINT_SECONDS", 0.0)  # every written buffer is a checkpoint
+    body = os.urandom(3 << 20)
+    url = await create(client, len(body))
+    gate = asyncio.Event()
+
+    async def slow():
+        yield body[:(3 << 20) // 2]
+        await gate.wait()
+        yield body[(3 << 20) // 2:]
+
+    task = asyncio.create_task(client.patch(url, data=slow(), headers={**OCTETS, "Upload-Offset": "0",
+                                                                       "Content-Length": str(len(body))}))
+
+    async def checkpointed():
+        return info_of(data_dir, url)["offset"] >= 1 << 20
+    await wait_until(checkpointed, what="a checkpoint while the PATCH is still open")
+    assert not task.done()
+    assert int((await head(client, url)).headers["Upload-Offset"]) >= 1 << 20
+    gate.set()
+    resp = await task
+    assert resp.status == 204 and resp.headers["File-Id"] == hashlib.sha256(body).hexdigest()
