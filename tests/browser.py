@@ -12,17 +12,20 @@ event goes over that one socket tagged with its page's ``sessionId``.
 
 ``evaluate`` awaits promises, so a test can poll a condition inside the page
 (``page.wait_for("document.querySelector('video').currentTime > 0.5")``) instead of sleeping.
-The process is stopped with TERM, then KILL, and its profile directory removed, however the
-block ends.
+The browser is asked to close (then TERM, then KILL), whatever is left of its process group is
+killed, and its profile directory removed, however the block ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -71,7 +74,7 @@ class Browser:
         self.proc = await asyncio.create_subprocess_exec(
             self.executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank",
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)  # its own group: close() ends all of it
         # Chromium writes its port and browser endpoint here once it listens.
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + self.start_timeout
@@ -110,6 +113,10 @@ class Browser:
                 except asyncio.TimeoutError:
                     self.proc.kill()
                     await self.proc.wait()
+        if self.proc is not None:
+            # Renderers, zygotes and the GPU process are in the browser's process group: none outlives it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         if self.profile is not None:
             await asyncio.to_thread(shutil.rmtree, self.profile, True)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from tests.browser import Browser
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -36,3 +38,25 @@ async def test_docs_lists_every_route_in_a_browser_without_javascript(client, br
     shown = await page.evaluate("[...document.querySelectorAll('.op h3')].filter(h => h.querySelector('.verb'))"
                                 ".map(h => h.querySelector('.verb').innerText + ' ' + h.querySelector('code').innerText)")
     assert sorted(shown) == expected
+
+
+async def test_the_browser_leaves_no_process_and_no_profile_behind():
+    async with Browser() as b:
+        page = await b.new_page()
+        await page.goto("data:text/html,<title>t</title>")
+        assert await page.evaluate("document.title") == "t"
+        pid, profile = b.proc.pid, b.profile
+        children = [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    assert children, "chromium runs its pages in child processes"
+
+    def ended(p: int) -> bool:
+        try:
+            return psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    async def all_ended() -> bool:
+        return all(ended(p) for p in [pid, *children])
+
+    await wait_until(all_ended, timeout=10, what="chromium's processes gone")
+    assert not profile.exists()
