@@ -92,8 +92,10 @@ async def test_same_request_twice_is_one_run(client, video_id, data_dir):
     assert a == b != c
     await finished(client, video_id, a)
     job = data_dir / video_id[:2] / video_id[2:] / "analysis" / a
-    log = (job / "worker.log").read_text()
-    assert log.count(": done") == 1
+    # The worker logs "done" just after it writes results.json: wait for the line, then count.
+    async def logged():
+        return (job / "worker.log").read_text().count(": done")
+    assert await wait_until(logged, what="the worker's done line") == 1
     # After it is done, asking again still answers the same finished job and runs nothing.
     assert await start(client, video_id, "dummy", {"seconds": 0.3}) == a
     assert (await client.get(f"/results/{video_id}/{a}")).status == 200
