@@ -141,12 +141,12 @@ class S3:
                             meta.get("box"))
 
     def put(self, key: str, data: bytes, metadata: dict[str, str], content_type: str = "") -> str:
-        md5_hex, md5_b64 = md5_etag(data)
+        _md5_hex, md5_b64 = md5_etag(data)
         self.throttle.take(len(data))
         extra = {"ContentType": content_type} if content_type else {}
         r = self._call(f"PUT {key}", self._client.put_object, Key=key, Body=data, ContentMD5=md5_b64,
                        Metadata=metadata, **extra)
-        return r.get("ETag", "").strip('"') or md5_hex
+        return r.get("ETag", "").strip('"')
 
     def create_multipart(self, key: str, metadata: dict[str, str], content_type: str = "") -> str:
         extra = {"ContentType": content_type} if content_type else {}

@@ -19,9 +19,10 @@ entry (the work is done again, or resumed) or the record.
 
 *Sending.*  At most ``tier_concurrency`` items are worked on at once (each in
 a worker thread, never on the event loop), all within ``tier_bandwidth``
-bytes/s.  Before sending, a HEAD asks whether the key already holds the same
-bytes (same size and ``sha256`` metadata): then nothing is sent (dedupe).  A
-shared key holding *other* bytes is never overwritten (an error to look at).
+bytes/s.  Before sending content-addressed bytes, a HEAD asks whether the key
+already holds them (same size and ``sha256`` metadata): then nothing is sent
+(dedupe).  Such a key holding *other* bytes is never overwritten (an error
+to look at).  A box's own keys are simply written (no other box writes them).
 Files up to ``tier_part_size`` go in one PUT with Content-MD5 (the engine
 refuses bytes that arrive damaged); larger ones as a multipart upload whose
 id and finished parts are recorded in the entry, so after a restart or a
@@ -33,10 +34,12 @@ recording it) are aborted when the key is next uploaded.
 
 *Verification.*  The bytes read for sending are hashed: content-addressed
 bytes must hash to their id (damaged local bytes are never replicated).
-After the PUT or the completion, a HEAD must show the same size, our
-``sha256`` metadata, and the ETag the engine computes from the bytes it
-received (their MD5, or the MD5 of the parts' MD5s with ``-<parts>``) equal
-to the one computed here.  Only then is ``remote.json`` written beside the
+Every PUT and part carries Content-MD5, which the engine checks on receipt.
+The PUT's (or the completion's) answer carries the ETag the engine computed
+from the bytes it stored (their MD5, or the MD5 of the parts' MD5s with
+``-<parts>``); it must equal the one computed here.  An engine whose ETags
+are not MD5s (AWS with SSE-KMS) is asked with a HEAD instead: same size and
+our ``sha256`` metadata.  Only then is ``remote.json`` written beside the
 item (``{bucket, endpoint, files: {rel: {key, size, sha256, etag}}, verified}``).
 
 *Failures.*  A failed item waits 1 s, 2 s, 4 s… up to ``tier_retry_max_backoff``
@@ -304,11 +307,13 @@ class Tier:
             raise Stopping()
         key = self.key(up)
         sha = up.sha256 or _sha256_file(up.path)
-        remote = self.s3.head(key)
+        # Content-addressed keys are asked first (another box may have sent the same bytes); a
+        # box's own keys are only ever written by this box, so they are simply (re)written.
+        remote = self.s3.head(key) if up.scope == "shared" else None
         if remote is not None and remote.size == up.size and remote.sha256 == sha:
             self._count("deduplicated", 1)
             return {"key": key, "size": up.size, "sha256": sha, "etag": remote.etag, "deduplicated": True}
-        if remote is not None and up.scope == "shared":
+        if remote is not None:
             raise TierError(f"{key} already holds other bytes ({remote.size} bytes, sha256 "
                             f"{remote.sha256 or 'unknown'}); it is never overwritten", "KeyHoldsOtherBytes")
         metadata = {"sha256": sha, "box": self.settings.box}
@@ -316,17 +321,26 @@ class Tier:
             data = _read(up.path, 0, up.size)
             if hashlib.sha256(data).hexdigest() != sha:
                 raise TierError(f"{up.rel}: the local bytes changed or are damaged (run storaged fsck)", "LocalDamage")
-            self.s3.put(key, data, metadata, up.content_type)
+            answered = self.s3.put(key, data, metadata, up.content_type)
             self._count("sent", len(data))
             expected = md5_etag(data)[0]
         else:
-            expected = self._multipart(name, entry, up, key, sha, metadata)
-        self._verify(key, up.size, sha, expected)
+            answered, expected = self._multipart(name, entry, up, key, sha, metadata)
+        etag = self._verify(key, up.size, sha, expected, answered)
         self._count("files", 1)
         self._count("bytes", up.size)
-        return {"key": key, "size": up.size, "sha256": sha, "etag": expected, "deduplicated": False}
+        return {"key": key, "size": up.size, "sha256": sha, "etag": etag, "deduplicated": False}
 
-    def _verify(self, key: str, size: int, sha: str, etag: str) -> None:
+    def _verify(self, key: str, size: int, sha: str, expected: str, answered: str) -> str:
+        """The engine's ETag once the upload is verified.
+
+        The engine answered the PUT (or the completion) with the ETag it computed from the bytes it
+        received: equal to the MD5 computed here (of the parts' MD5s for multipart), the upload is
+        verified.  Engines whose ETag is not an MD5 (e.g. AWS with SSE-KMS) are asked with a HEAD
+        instead: same size and our sha256 metadata (the engine checked each Content-MD5 on receipt).
+        """
+        if answered == expected:
+            return answered
         got = self.s3.head(key)
         if got is None:
             raise TierError(f"verification of {key}: the engine does not show it after the upload", "Unverified")
@@ -335,13 +349,13 @@ class Tier:
             trouble.append(f"size {got.size} != {size}")
         if got.sha256 != sha:
             trouble.append(f"sha256 metadata {got.sha256} != {sha}")
-        if got.etag != etag:
-            trouble.append(f"ETag {got.etag} != {etag}")
         if trouble:
             raise TierError(f"verification of {key} failed: {', '.join(trouble)}", "Unverified")
+        return got.etag
 
     def _multipart(self, name: str, entry: dict[str, Any], up: Upload, key: str, sha: str,
-                   metadata: dict[str, str]) -> str:
+                   metadata: dict[str, str]) -> tuple[str, str]:
+        """(the engine's ETag of the completed upload, the one expected from our parts' MD5s)."""
         ps = self.settings.part_size
         count = (up.size + ps - 1) // ps
         uploads = entry.setdefault("multipart", {})
@@ -391,10 +405,10 @@ class Tier:
             uploads.pop(up.rel, None)
             self._save(name, entry)
             raise TierError(f"{up.rel}: the local bytes changed or are damaged (run storaged fsck)", "LocalDamage")
-        self.s3.complete_multipart(key, mp["upload_id"], list(enumerate(md5s, 1)))
+        answered = self.s3.complete_multipart(key, mp["upload_id"], list(enumerate(md5s, 1)))
         uploads.pop(up.rel, None)
         self._save(name, entry)
-        return multipart_etag(md5s)
+        return answered, multipart_etag(md5s)
 
     def _count(self, what: str, n: int = 1) -> None:
         with self._count_lock:
