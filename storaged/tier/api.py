@@ -40,11 +40,17 @@ def setup(app: web.Application) -> None:
         return
     tier = Tier(app[LAYOUT], tier_settings.load(config))
     app[TIER] = tier
-    app[AFTER_PUT].append(lambda meta: tier.enqueue("objects", meta["file_id"]))
+    app[AFTER_PUT].append(lambda meta: on_put(tier, meta))
     app[READ_THROUGH].append(read_through)
     app[ENSURE_LOCAL].append(lambda oid, meta: ensure_local(tier, oid, meta))
     app.cleanup_ctx.append(_tier_ctx)
     landing.add_section(app, tier_section, 60)
+
+
+async def on_put(tier: Tier, meta: dict) -> None:
+    """A new object is queued at once (a dedupe of one already here is the walk's business)."""
+    if not meta.get("deduplicated"):
+        await tier.enqueue("objects", meta["file_id"])
 
 
 async def _tier_ctx(app: web.Application) -> AsyncIterator[None]:

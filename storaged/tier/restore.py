@@ -49,7 +49,10 @@ def restore(config: Config, out: TextIO, *, box: str | None = None, with_bytes: 
     prefix = settings.box_key("", box)
     restored = objects = skipped = 0
     problems = 0
-    for key, _size in s3.list_keys(prefix):
+    keys = [key for key, _size in s3.list_keys(prefix)]
+    # Objects first: a file inside an object directory (a finished analysis) needs the object there.
+    keys.sort(key=lambda k: (not _OBJECT_META.fullmatch(k[len(prefix):]), k))
+    for key in keys:
         rel = key[len(prefix):]
         if not _SAFE_REL.fullmatch(rel) or ".." in rel.split("/") or rel.split("/")[0] in RESERVED_TOP | {"tier"}:
             print(f"restore: skipped unsafe key {key}", file=out)

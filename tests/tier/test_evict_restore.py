@@ -162,7 +162,15 @@ def test_restore_from_remote_after_the_tree_is_lost(daemon, swift, bucket, tmp_p
     http("POST", f"{d.url}/sessions/1/races", json.dumps({"start_time": 1.5, "duration": 3}).encode(),
          {"Content-Type": "application/json"})
     session = json.loads(http("GET", f"{d.url}/sessions/1")[2])
+    _s, _h, body = http("POST", f"{d.url}/analyse",
+                        json.dumps({"file_id": oid, "analysis": "dummy", "args": {"seconds": 0}}).encode(),
+                        {"Content-Type": "application/json"})
+    aid = json.loads(body)["analysis_id"]
+    wait_until_sync(lambda: http("GET", f"{d.url}/results/{oid}/{aid}")[0] == 200, timeout=60, what="dummy done")
+    results = json.loads(http("GET", f"{d.url}/results/{oid}/{aid}")[2])
     wait_until_sync(lambda: remote_json(d, oid) is not None
+                    and (d.data_dir / "tier" / "remote" / oid[:2] / oid[2:] / "analysis" / aid
+                         / "results.json.json").exists()
                     and (d.data_dir / "tier" / "remote" / "races" / "1.json.json").exists()
                     and (d.data_dir / "tier" / "remote" / "sessions" / "1.json.json").exists()
                     and tier_status(d)["backlog"] == 0, timeout=60, what="objects and records replicated")
@@ -178,6 +186,7 @@ def test_restore_from_remote_after_the_tree_is_lost(daemon, swift, bucket, tmp_p
     assert json.loads(http("GET", f"{again.url}/upload/{oid}")[2]) == meta
     assert json.loads(http("GET", f"{again.url}/sessions/1")[2]) == session
     assert json.loads(http("GET", f"{again.url}/races/1")[2])["start_time"] == 1.5
+    assert json.loads(http("GET", f"{again.url}/results/{oid}/{aid}")[2]) == results
     status, _h, got = http("GET", f"{again.url}/download/{oid}", headers={"Range": "bytes=10-19"})
     assert status == 206 and got == data[10:20]
     run = storaged("fsck", "--data-dir", str(d.data_dir))
