@@ -168,6 +168,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2, help="runs of each side (median)")
     ap.add_argument("--load-size", default="256M", help="size of each upload/download of the load part")
     ap.add_argument("--load-runs", type=int, default=3, help="uploads+downloads on each side of the load part")
+    ap.add_argument("--parts", default="replication,load", help="comma-separated: replication, load")
+    ap.add_argument("--engine-nice", type=int, default=10,
+                    help="in the load part the engine runs niced by this much: on a box it is another machine, "
+                         "here it shares the cores")
     ap.add_argument("--timeout", type=float, default=3600, help="hard time limit of the whole bench, seconds")
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
@@ -181,44 +185,57 @@ def main() -> int:
             size = sum(p.stat().st_size for p in files)
             store(files, tmp / "data")
             plain, ours = [], []
-            for run in range(args.runs):
-                plain.append(yardstick(engine, f"plain-{run}", files))
-                ours.append(replicate(engine, f"tier-{run}", tmp / "data", len(files), procs, tmp / "daemon.log"))
-                print(f"run {run + 1}: boto3 loop {plain[-1]:.1f}s, storaged {ours[-1]:.1f}s", file=sys.stderr)
-            load_size = parse_size(args.load_size)
-            loads = []
-            for i in range(args.load_runs * 2):
-                loads.append(tmp / "load" / f"load{i}.bin")
-                loads[-1].parent.mkdir(exist_ok=True)
-                write_random_file(loads[-1], load_size)
-            # Tier off: its own data root (no backlog); tier on: the data root holding the --total backlog.
-            off_up, off_down, _ = load_side(None, "", tmp / "data-off", loads[:args.load_runs], procs,
-                                            tmp / "daemon-off.log")
-            on_up, on_down, backlog = load_side(engine, "tier-load", tmp / "data", loads[args.load_runs:], procs,
-                                                tmp / "daemon-on.log")
+            parts = set(args.parts.split(","))
+            text = ""
+            if "replication" in parts:
+                for run in range(args.runs):
+                    plain.append(yardstick(engine, f"plain-{run}", files))
+                    ours.append(replicate(engine, f"tier-{run}", tmp / "data", len(files), procs,
+                                          tmp / "daemon.log"))
+                    print(f"run {run + 1}: boto3 loop {plain[-1]:.1f}s, storaged {ours[-1]:.1f}s", file=sys.stderr)
+                p, o = median(plain), median(ours)
+                text += (
+                    f"`.venv/bin/python bench/tier.py --total {args.total} --runs {args.runs}`: {len(files)} objects, "
+                    f"{human_size(size)} of mixed sizes (48 MiB down to 30 KiB), to a one-node Swift (S3 API) on the "
+                    f"same machine; median of {args.runs} run(s) each.\n\n"
+                    "| what | time | throughput | vs yardstick |\n| --- | --- | --- | --- |\n"
+                    f"| boto3 `upload_file` loop (yardstick) | {p:.1f} s | {mb_s(size, p):.1f} MB/s | 1.00x |\n"
+                    f"| storaged replication (walk, dedupe HEAD, PUT/parts with Content-MD5, ETag check, meta.json, "
+                    f"remote.json) | {o:.1f} s | {mb_s(size, o):.1f} MB/s | {p / o:.2f}x (goal >= 0.8x) |\n\n"
+                    f"Defaults: `tier_concurrency` 4, `tier_part_size` 16M.\n\n"
+                )
+            if "load" in parts:
+                load_size = parse_size(args.load_size)
+                loads = []
+                for i in range(args.load_runs * 2):
+                    loads.append(tmp / "load" / f"load{i}.bin")
+                    loads[-1].parent.mkdir(exist_ok=True)
+                    write_random_file(loads[-1], load_size)
+                if args.engine_nice:
+                    engine.stop()
+                    engine.start(nice=args.engine_nice)
+                # Tier off: its own data root (no backlog); tier on: the data root holding the --total backlog.
+                off_up, off_down, _ = load_side(None, "", tmp / "data-off", loads[:args.load_runs], procs,
+                                                tmp / "daemon-off.log")
+                on_up, on_down, backlog = load_side(engine, "tier-load", tmp / "data", loads[args.load_runs:], procs,
+                                                    tmp / "daemon-on.log")
+                text += (
+                    f"`.venv/bin/python bench/tier.py --parts load --total {args.total} --load-size {args.load_size} "
+                    f"--load-runs {args.load_runs}`: the daemon's own traffic (`curl -T` of a {human_size(load_size)} "
+                    f"file to `/upload`, then `curl -o /dev/null` from `/download`; median of {args.load_runs}), "
+                    f"without a tier and while replicating a {human_size(size)} backlog ({backlog} item(s) still "
+                    f"queued when the last download ended). The engine shares the 2 cores, niced by "
+                    f"{args.engine_nice} (on a box it is another machine).\n\n"
+                    "| what | tier off | replicating | ratio (goal >= 0.9x) |\n| --- | --- | --- | --- |\n"
+                    f"| upload | {mb_s(load_size, median(off_up)):.1f} MB/s | {mb_s(load_size, median(on_up)):.1f} MB/s "
+                    f"| {median(off_up) / median(on_up):.2f}x |\n"
+                    f"| download | {mb_s(load_size, median(off_down)):.1f} MB/s | "
+                    f"{mb_s(load_size, median(on_down)):.1f} MB/s | {median(off_down) / median(on_down):.2f}x |\n\n"
+                )
         finally:
             procs.stop_all()
             engine.stop()
-    p, o = median(plain), median(ours)
-    text = (
-        f"`.venv/bin/python bench/tier.py --total {args.total} --runs {args.runs}`: {len(files)} objects, "
-        f"{human_size(size)} of mixed sizes (48 MiB down to 30 KiB), to a one-node Swift (S3 API) on the same "
-        f"machine; median of {args.runs} run(s) each.\n\n"
-        "| what | time | throughput | vs yardstick |\n| --- | --- | --- | --- |\n"
-        f"| boto3 `upload_file` loop (yardstick) | {p:.1f} s | {mb_s(size, p):.1f} MB/s | 1.00x |\n"
-        f"| storaged replication (walk, dedupe HEAD, PUT/parts + Content-MD5, read-back HEAD, meta.json, "
-        f"remote.json) | {o:.1f} s | {mb_s(size, o):.1f} MB/s | {p / o:.2f}x (goal >= 0.8x) |\n\n"
-        f"Defaults: `tier_concurrency` 4, `tier_part_size` 16M.\n\n"
-        f"The daemon's own traffic while it replicates (`curl -T` of a {human_size(load_size)} file to "
-        f"`/upload`, then `curl -o /dev/null` from `/download`; median of {args.load_runs}), without a tier and "
-        f"while replicating the backlog above ({backlog} item(s) still queued when the last download ended):\n\n"
-        "| what | tier off | replicating | ratio (goal >= 0.9x) |\n| --- | --- | --- | --- |\n"
-        f"| upload | {mb_s(load_size, median(off_up)):.1f} MB/s | {mb_s(load_size, median(on_up)):.1f} MB/s | "
-        f"{median(off_up) / median(on_up):.2f}x |\n"
-        f"| download | {mb_s(load_size, median(off_down)):.1f} MB/s | {mb_s(load_size, median(on_down)):.1f} MB/s"
-        f" | {median(off_down) / median(on_down):.2f}x |\n\n"
-        f"{machine_note()}.\n"
-    )
+    text += f"{machine_note()}.\n"
     publish(HEADING, text, no_write=not args.write)
     return 0
 

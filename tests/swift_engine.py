@@ -119,7 +119,9 @@ class SwiftEngine:
 
     # -- processes -------------------------------------------------------------
 
-    def start(self, timeout: float = 60) -> SwiftEngine:
+    def start(self, timeout: float = 60, nice: int = 0) -> SwiftEngine:
+        """Start (or restart) the servers; ``nice`` lowers their CPU priority (a bench's stand-in for
+        an engine on another machine)."""
         if not self._configured:
             self._configure()
         for name in (*_SERVERS, "proxy"):
@@ -132,6 +134,7 @@ class SwiftEngine:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None,
             )
             log.close()
         self.wait_ready(timeout)
