@@ -105,7 +105,6 @@ def yardstick(engine: SwiftEngine, bucket: str, files: list[Path]) -> float:
 def replicate(engine: SwiftEngine, bucket: str, data_dir: Path, count: int, procs: Processes, log: Path) -> float:
     engine.client().create_bucket(Bucket=bucket)
     reset_tier_state(data_dir)
-    os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     proc, url = start_daemon(procs, data_dir, log, "--tier-bucket", bucket, "--tier-endpoint", engine.endpoint,
                              "--tier-region", REGION, "--tier-box", "bench", "--tier-scan-interval", "1h",
                              "--janitor-interval", "0")
@@ -140,14 +139,14 @@ def curl_upload_download(url: str, path: Path) -> tuple[float, float]:
 
 
 def load_side(engine: SwiftEngine | None, bucket: str, data_dir: Path, loads: list[Path], procs: Processes,
-              log: Path) -> tuple[list[float], list[float], int]:
+              log: Path, bandwidth: str = "0") -> tuple[list[float], list[float], int]:
     """(upload seconds, download seconds, tier backlog left at the end) for each load file."""
     extra = ["--janitor-interval", "0"]
     if engine is not None:
         engine.client().create_bucket(Bucket=bucket)
         reset_tier_state(data_dir)
         extra += ["--tier-bucket", bucket, "--tier-endpoint", engine.endpoint, "--tier-region", REGION,
-                  "--tier-box", "bench", "--tier-scan-interval", "1h"]
+                  "--tier-box", "bench", "--tier-scan-interval", "1h", "--tier-bandwidth", bandwidth]
     proc, url = start_daemon(procs, data_dir, log, *extra)
     ups, downs = [], []
     try:
@@ -168,6 +167,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2, help="runs of each side (median)")
     ap.add_argument("--load-size", default="256M", help="size of each upload/download of the load part")
     ap.add_argument("--load-runs", type=int, default=3, help="uploads+downloads on each side of the load part")
+    ap.add_argument("--load-bandwidth", default="0", help="tier_bandwidth of the replicating daemon in the load part")
     ap.add_argument("--parts", default="replication,load", help="comma-separated: replication, load")
     ap.add_argument("--engine-nice", type=int, default=10,
                     help="in the load part the engine runs niced by this much: on a box it is another machine, "
@@ -176,6 +176,8 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = ap.parse_args()
     total = parse_size(args.total)
+    # The daemons' credentials for the test engine (tempauth's test:tester).
+    os.environ.update({"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
     procs = Processes()
     with time_limit(args.timeout), disk_tempdir("storaged-bench-tier-") as tmp:
         engine = SwiftEngine(tmp / "swift")
@@ -218,12 +220,13 @@ def main() -> int:
                 off_up, off_down, _ = load_side(None, "", tmp / "data-off", loads[:args.load_runs], procs,
                                                 tmp / "daemon-off.log")
                 on_up, on_down, backlog = load_side(engine, "tier-load", tmp / "data", loads[args.load_runs:], procs,
-                                                    tmp / "daemon-on.log")
+                                                    tmp / "daemon-on.log", args.load_bandwidth)
                 text += (
                     f"`.venv/bin/python bench/tier.py --parts load --total {args.total} --load-size {args.load_size} "
-                    f"--load-runs {args.load_runs}`: the daemon's own traffic (`curl -T` of a {human_size(load_size)} "
+                    f"--load-runs {args.load_runs} --load-bandwidth {args.load_bandwidth}`: the daemon's own traffic (`curl -T` of a {human_size(load_size)} "
                     f"file to `/upload`, then `curl -o /dev/null` from `/download`; median of {args.load_runs}), "
-                    f"without a tier and while replicating a {human_size(size)} backlog ({backlog} item(s) still "
+                    f"without a tier and while replicating a {human_size(size)} backlog (`tier_bandwidth` "
+                    f"{args.load_bandwidth}; {backlog} item(s) still "
                     f"queued when the last download ended). The engine shares the 2 cores, niced by "
                     f"{args.engine_nice} (on a box it is another machine).\n\n"
                     "| what | tier off | replicating | ratio (goal >= 0.9x) |\n| --- | --- | --- | --- |\n"
