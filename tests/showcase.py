@@ -1,6 +1,6 @@
 """A daemon with one of everything a person browses: for page tests, the crawl and the screenshots.
 
-``populate(base_url, data_dir, work_dir)`` fills a running daemon through its own API (and, for the
+``populate(base_url, data_dir, work_dir, Showcase())`` fills a running daemon through its own API (and, for the
 camera, the way another program drops images into the tree): an uploaded video with a probe and
 thumbnails, an image, a file whose name needs escaping, a session with a race and an event, a stream
 that recorded from a live loopback source and was stopped, a camera image of today, and a job still
@@ -52,9 +52,9 @@ async def _poll(what: str, probe, timeout: float = 60.0):
         await asyncio.sleep(0.1)
 
 
-async def populate(base: str, data_dir: Path, work: Path) -> Showcase:
+async def populate(base: str, data_dir: Path, work: Path, show: Showcase) -> Showcase:
+    """Fill ``show`` as things are made, so that ``unpopulate(base, show)`` can clean up after a failure too."""
     work.mkdir(parents=True, exist_ok=True)
-    show = Showcase()
     video = make_video(work / "ride.mp4", seconds=8, size="320x240")
     image = work / "still.jpg"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:duration=1", "-frames:v", "1", str(image))
@@ -127,3 +127,4 @@ async def unpopulate(base: str, show: Showcase) -> None:
         async with aiohttp.ClientSession() as http:
             async with http.delete(f"{base}{show.running_job}") as resp:
                 await resp.read()
+                assert resp.status in (200, 404), resp.status

@@ -16,7 +16,7 @@ import pytest
 
 from tests.browser import Browser
 from tests.helpers import Daemon
-from tests.showcase import HOSTILE_NAME, populate, unpopulate
+from tests.showcase import HOSTILE_NAME, Showcase, populate, unpopulate
 
 PHONE = {"width": 390, "height": 844, "mobile": True}
 
@@ -27,13 +27,12 @@ def showcase(tmp_path_factory):
     daemon = Daemon(tmp / "data", "--stream-segment-time", "2")
     daemon.data_dir.mkdir()
     daemon.start()
-    show = None
+    show = Showcase()
     try:
-        show = asyncio.run(populate(daemon.url, daemon.data_dir, tmp / "media"))
+        asyncio.run(populate(daemon.url, daemon.data_dir, tmp / "media", show))
         yield daemon, show
     finally:
-        if show is not None:
-            asyncio.run(unpopulate(daemon.url, show))
+        asyncio.run(unpopulate(daemon.url, show))
         daemon.stop()
 
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.browser import Browser  # noqa: E402
 from tests.helpers import Daemon  # noqa: E402
-from tests.showcase import populate, unpopulate  # noqa: E402
+from tests.showcase import Showcase, populate, unpopulate  # noqa: E402
 
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844, "mobile": True}
@@ -73,14 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(Path(tmp) / "data", "--stream-segment-time", "2")
         daemon.data_dir.mkdir()
         daemon.start()
-        show = None
+        show = Showcase()
         try:
-            show = asyncio.run(populate(daemon.url, daemon.data_dir, Path(tmp) / "media"))
+            asyncio.run(populate(daemon.url, daemon.data_dir, Path(tmp) / "media", show))
             for path in asyncio.run(shoot(daemon.url, show, args.out)):
                 print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         finally:
-            if show is not None:
-                asyncio.run(unpopulate(daemon.url, show))
+            asyncio.run(unpopulate(daemon.url, show))
             daemon.stop()
     return 0
 
