@@ -380,7 +380,8 @@ def _check_clip(args: dict[str, Any]) -> None:
 
 
 ANALYSES: dict[str, Analysis] = {a.name: a for a in (
-    Analysis("dummy", "Idles for `seconds` (reports progress); for testing clients.",
+    Analysis("dummy", "Idles for `seconds` (reports progress); for testing clients. `dummy_N` (the contract's "
+             "name) is `dummy` with `seconds` = N.",
              {"result": "{slept: seconds}"}, run_dummy,
              (Arg("seconds", "number", "how long to idle", 1.0, minimum=0, maximum=86400),)),
     Analysis("probe", "ffprobe facts: duration, container, streams, codecs, resolution, frame rate, bitrate.",
