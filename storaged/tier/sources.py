@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import quote, unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -194,10 +195,10 @@ class TreeFiles:
                 continue
             done = read_json_or(self.ledger(layout, rel), None)
             if not isinstance(done, dict) or done.get("version") != [st.st_size, st.st_mtime_ns]:
-                yield rel.replace("/", "~")
+                yield quote(rel, safe="")
 
     def item(self, layout: Layout, ident: str) -> Item | None:
-        rel = ident.replace("~", "/")
+        rel = unquote(ident)
         if not _SAFE_REL.fullmatch(rel) or ".." in rel.split("/"):
             return None
         path = layout.root / rel
