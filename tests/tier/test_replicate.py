@@ -172,3 +172,31 @@ def test_landing_page_shows_the_tier(daemon, swift, bucket) -> None:
     assert f"bucket {bucket}, box box-a" in html
     assert "1 item(s)" in html
     assert "the engine refused our credentials" in html
+
+
+def test_multipart_the_engine_lost_is_begun_again_after_a_sigkill(daemon, swift, bucket) -> None:
+    args = tier_args(swift, bucket, "--tier-bandwidth", "4M", "--tier-part-size", "5M")
+    d = daemon(*args, env=TIER_ENV)
+    data = os.urandom(24 * 1024 * 1024)
+    oid = upload(d, data, "lost-upload.ts")
+    entry_path = d.data_dir / "tier" / "outbox" / f"objects-{oid}.json"
+
+    def recorded_upload():
+        try:
+            mp = json.loads(entry_path.read_text()).get("multipart") or {}
+        except (FileNotFoundError, ValueError):
+            return None
+        return next((m["upload_id"] for m in mp.values() if m["parts"]), None)
+
+    upload_id = wait_until_sync(recorded_upload, timeout=60, what="a part sent")
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    key = f"{oid[:2]}/{oid[2:]}/the_file"
+    s3 = swift.client()
+    s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)  # the engine loses it
+    d2 = daemon(*args, data_dir=d.data_dir, env=TIER_ENV)
+    wait_until_sync(lambda: remote_json(d2, oid) is not None, timeout=120, what="uploaded again")
+    assert tier_status(d2)["sent"] >= len(data), "every part was sent again"
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest() == oid
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert "lost the upload" in d2.log_path.read_text()
