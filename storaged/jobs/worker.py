@@ -52,6 +52,9 @@ def run_job(job_dir: Path, data_dir: Path) -> dict:
     except Exception as exc:  # the job failed; say why and keep the daemon's view consistent
         traceback.print_exc()
         results = {"status": "failed", "error_message": f"{type(exc).__name__}: {exc}", "stderr": []}
+    # Logged before results.json appears: whoever sees the results (the daemon, a client polling
+    # /results) must find the job's own account of its end in worker.log already.
+    log.info("job %s: %s", job_dir, results["status"])
     write_json(job_dir / RESULTS, results)
     # The job is no longer running: results first, so no reader ever sees neither file.
     unlink_quiet(job_dir / PIDFILE)
@@ -65,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = run_job(args.job_dir, args.data_dir)
-    log.info("job %s: %s", args.job_dir, results["status"])
     return 0 if results["status"] == "done" else 1
 
 

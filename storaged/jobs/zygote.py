@@ -58,7 +58,6 @@ def _child(job_dir: Path, data_dir: Path) -> None:
         logging.getLogger().handlers[:] = [handler]
         logging.getLogger().setLevel(logging.INFO)
         results = worker.run_job(job_dir, data_dir)
-        worker.log.info("job %s: %s", job_dir, results["status"])
         code = 0 if results["status"] == "done" else 1
     finally:
         os._exit(code)
