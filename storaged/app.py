@@ -14,6 +14,7 @@ from storaged.api.connections import Collector, ConnectionGuard
 from storaged.camera import api as camera
 from storaged.files import api as files
 from storaged.ops import api as ops
+from storaged.playback import api as playback
 from storaged.recording import api as streams
 from storaged.sessions import api as sessions
 from storaged.videostreams import api as videostreams
@@ -63,7 +64,7 @@ def create_app(config: Config) -> web.Application:
     app.add_routes(health.routes)
     app.add_routes(files.routes)
     app.add_routes(browse.routes)
-    for family in (analyses, sessions, streams, videostreams, camera, uploads):
+    for family in (analyses, sessions, streams, playback, videostreams, camera, uploads):
         family.setup(app)
     ops.setup(app)
     tier_api.setup(app)

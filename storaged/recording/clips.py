@@ -120,6 +120,11 @@ def concat_list(items, paths: list[Path]) -> tuple[str, float]:
     return "\n".join(lines) + "\n", lead
 
 
+def copy_args(first: Path) -> list[str]:
+    """Stream-copy options for an MP4 made from MPEG-TS segments: AAC in ADTS needs its headers rewritten."""
+    return ["-c", "copy", *(["-bsf:a", "aac_adtstoasc"] if 0x0F in idx.ts_stream_types(first) else [])]
+
+
 def clip_name(stream_id: int, start: float) -> str:
     stamp = datetime.fromtimestamp(start, timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"stream{stream_id}-{stamp}Z.mp4"
@@ -221,7 +226,7 @@ class ClipService:
                              "-pix_fmt", "yuv420p", "-c:a", "aac"]
                     first = c["start"]
                 else:
-                    codec = ["-c", "copy"]
+                    codec = await asyncio.to_thread(copy_args, paths[0])
                     first = c["start"] - lead
                 await ffmpeg.run(ffmpeg.base_args() + ["-f", "concat", "-safe", "0", "-i", str(lst),
                                                        *codec, "-movflags", "+faststart", str(out)])

@@ -554,3 +554,45 @@ def check_run(seg_dir: Path, run: int, live: bool, deep: bool = False) -> list[t
         elif NAME_RE.match(name) and name not in listed:
             out.append((run_dir / name, "unlisted", "segment the run's list does not have"))
     return out
+
+
+def ts_stream_types(path: Path, limit: int = 64 * 1024) -> set[int]:
+    """The elementary stream types (ISO 13818-1 table 2-34, e.g. 0x1B H.264, 0x0F AAC in ADTS) of a TS file's
+    first program, from its PAT and PMT."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit)
+    except FileNotFoundError:
+        return set()
+
+    def section(pid: int) -> bytes | None:
+        for off in range(0, len(data) - TS_PACKET + 1, TS_PACKET):
+            if data[off] != 0x47 or not data[off + 1] & 0x40:
+                continue
+            if (((data[off + 1] & 0x1F) << 8) | data[off + 2]) != pid:
+                continue
+            p = off + 4
+            if (data[off + 3] >> 4) & 0x2:
+                p += 1 + data[p]
+            p += 1 + data[p]  # pointer field
+            length = ((data[p + 1] & 0x0F) << 8) | data[p + 2]
+            return data[p:min(p + 3 + length, off + TS_PACKET)]
+        return None
+
+    pat = section(0)
+    if pat is None or len(pat) < 12:
+        return set()
+    pmt_pid = None
+    for i in range(8, len(pat) - 4, 4):
+        if (pat[i] << 8 | pat[i + 1]) != 0:
+            pmt_pid = ((pat[i + 2] & 0x1F) << 8) | pat[i + 3]
+            break
+    pmt = section(pmt_pid) if pmt_pid is not None else None
+    if pmt is None or len(pmt) < 12:
+        return set()
+    i = 12 + (((pmt[10] & 0x0F) << 8) | pmt[11])
+    types = set()
+    while i + 5 <= len(pmt) - 4:
+        types.add(pmt[i])
+        i += 5 + (((pmt[i + 3] & 0x0F) << 8) | pmt[i + 4])
+    return types

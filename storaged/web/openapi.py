@@ -87,6 +87,7 @@ _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _INT = {"type": "integer"}
 _NUM = {"type": "number"}
+_POSIX = {"type": "number", "minimum": 0, "description": "POSIX seconds"}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 _ANY_OBJ = {"type": "object"}
@@ -330,6 +331,38 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                       "400": "missing or malformed start/stop, stop <= start, unknown mode",
                       "404": "`Stream not found`",
                       "500": "`Stream not started`, or the cut failed (`Cannot cut clip: ...`)", "507": _507[1]}},
+    # playback
+    "GET /streams/{id}/recordings": {
+        "query": {"start": _POSIX, "end": _POSIX},
+        "responses": {"200": answer("recorded spans and gaps in the range", obj(
+            start=_NUM_OR_NULL, end=_NUM_OR_NULL, recorded=_NUM,
+            spans={"type": "array", "items": obj(start=_NUM, end=_NUM, duration=_NUM, segments=_INT)},
+            gaps={"type": "array", "items": obj(start=_NUM, end=_NUM, duration=_NUM)})),
+            "400": "malformed start/end, end <= start", "404": "`Stream not found`"}},
+    "GET /streams/{id}/playlist.m3u8": {
+        "query": {"start": _POSIX, "end": _POSIX},
+        "responses": {"200": answer("HLS media playlist: VOD for a range, live without one", _STR,
+                                    "application/vnd.apple.mpegurl"),
+                      "400": "malformed start/end, end <= start", "404": "`Stream not found`"}},
+    "GET /streams/{id}/segments/{run}/{name}": {
+        "responses": {"200": answers_in("the segment (MPEG-TS)", {"video/mp2t": BYTES}),
+                      "206": answers_in("a Range of it", {"video/mp2t": BYTES}),
+                      "404": "`Stream not found`, or no such segment", "416": "the Range cannot be satisfied"}},
+    "GET /streams/{id}/play.mp4": {
+        "query": {"start": _POSIX, "end": _POSIX},
+        "responses": {"200": answers_in("fragmented MP4, streamed as it is remuxed", {"video/mp4": BYTES}),
+                      "400": "start missing or malformed, end <= start",
+                      "404": "`Stream not found`, or nothing recorded in the range"}},
+    "GET /play/{file_id}": {
+        "path": {"file_id": _OBJECT_ID},
+        "query": {"start": {"type": "number", "minimum": 0, "description": "seconds into the video"},
+                  "end": {"type": "number", "minimum": 0, "description": "seconds into the video"}},
+        "responses": {"200": answers_in("fragmented MP4, streamed as it is remuxed", {"video/mp4": BYTES}),
+                      "400": "malformed start/end", "404": _UNKNOWN}},
+    "GET /streams/{id}/timeline": {
+        "query": {"day": {"type": "string", "format": "date"}},
+        "responses": {"200": answer("the day's recording on a scale, click to play", HTML, "text/html"),
+                      "400": "malformed day", "404": "`Stream not found`"}},
     # videostreams
     "GET /api/v1/videostreams": {
         "query": {"timespan[start]": TIME_SCHEMA, "timespan[end]": TIME_SCHEMA,
