@@ -13,13 +13,13 @@ from storaged.api.bodies import json_object
 from storaged.api.keys import CONFIG, LAYOUT
 from storaged.errors import BadRequest
 from storaged.videostreams import times
-from storaged.videostreams.service import VideostreamCatalogue
+from storaged.videostreams.service import RECORD_SCHEMA, VideostreamCatalogue
 
 log = logging.getLogger("storaged.videostreams")
 VIDEOSTREAMS = web.AppKey("videostreams", VideostreamCatalogue)
 MAX_LIMIT = 10_000
 BASE = "/api/v1/videostreams"
-RECORD_KEYS = ("id", "startTime", "endTime", "stream_url", "capturesource")
+RECORD_KEYS = tuple(RECORD_SCHEMA["properties"])  # what format=key1,key2 may name
 routes = web.RouteTableDef()
 
 

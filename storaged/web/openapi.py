@@ -144,7 +144,9 @@ _CLIP = obj(("status",), status={"type": "string", "enum": ["pending", "processi
             missing={"type": "array", "items": _ANY_OBJ})
 
 _VS_RECORD = _ref("Videostream")
-_VS_PAGE = obj(("results", "offset", "limit", "total"), results={"type": "array", "items": _VS_RECORD},
+_VS_PAGE = obj(("results", "offset", "limit", "total"),
+               results={"type": "array", "items": {"anyOf": [_VS_RECORD, {
+                   "type": "object", "description": "with `format=key1,key2`: only those keys of the record"}]}},
                offset={"type": "integer", "minimum": 0}, limit={"type": "integer", "minimum": 1},
                total={"type": "integer", "minimum": 0}, next_cursor=_STR_OR_NULL)
 
