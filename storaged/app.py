@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import AsyncIterator
 
@@ -26,7 +27,7 @@ from storaged.api.keys import ENSURE_LOCAL, READ_THROUGH  # hooks the storage ti
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
-from storaged.store.objects import ObjectStore
+from storaged.store.objects import ObjectStore, sweep_period
 from storaged.store.smallobjects import SmallObjects
 from storaged.tier import api as tier_api
 from storaged.uploads import api as uploads
@@ -81,7 +82,27 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     swept = await asyncio.to_thread(app[OBJECTS].sweep_temps, app[CONFIG].temp_max_age)
     if swept:
         log.info("swept %d stale temp entries from %s", len(swept), layout.tmp)
-    yield
+    sweeper = asyncio.create_task(_sweep_temps_forever(app), name="tmp-sweeper")
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+
+
+async def _sweep_temps_forever(app: web.Application) -> None:
+    """Temps a crash left behind go while the daemon runs too, not only at its next start."""
+    max_age = app[CONFIG].temp_max_age
+    while True:
+        await asyncio.sleep(sweep_period(max_age))
+        try:
+            swept = await asyncio.to_thread(app[OBJECTS].sweep_temps, max_age)
+        except OSError as exc:  # a read-only or failing disk: try again next time
+            log.warning("sweeping %s failed: %s", app[LAYOUT].tmp, exc)
+            continue
+        if swept:
+            log.info("swept %d stale temp entries from %s", len(swept), app[LAYOUT].tmp)
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -45,7 +45,8 @@ class Config:
                                     "size")
     upload_chunk_size: int = _setting(1024 * 1024, "Bytes read from the socket per write+hash step of an upload.",
                                       "size")
-    temp_max_age: float = _setting(3600.0, "Temp files older than this (seconds) are swept at start-up.", "duration")
+    temp_max_age: float = _setting(3600.0, "Temp files older than this (seconds) are swept at start-up and, while running, "
+                                  "every quarter of it (at most every 10 min).", "duration")
     shutdown_timeout: float = _setting(20.0, "Seconds in-flight requests get to finish on SIGTERM.", "duration")
     io_threads: int = _setting(32, "Threads for blocking file work (fsync, reads, directory walks, lock waits). "
                                "Mostly waiting on the disk, so many more than cores.")

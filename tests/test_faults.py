@@ -237,3 +237,22 @@ async def test_healthz_turns_503_below_the_free_space_floor(make_client, data_di
     resp = await ok.get("/healthz")
     out = await resp.json()
     assert resp.status == 200 and out["ok"] is True and "problems" not in out, out
+
+
+# -- temps a crash left ------------------------------------------------------------------------
+
+async def test_a_running_daemon_sweeps_stale_temps_without_a_restart(make_client, data_dir):
+    """A long-running daemon does not keep a crashed write's temp forever (fsck would call it a stray)."""
+    client = await make_client(temp_max_age=2.0)  # swept every second once 2 s old
+    stale = data_dir / "tmp" / "upload-left-by-a-kill.tmp"
+    stale.write_bytes(b"partial")
+    os.utime(stale, (0, os.stat(stale).st_mtime - 3600))
+    fresh = data_dir / "tmp" / "upload-in-flight.tmp"
+    fresh.write_bytes(b"being written")
+
+    async def swept():
+        os.utime(fresh)  # still being written to
+        return not stale.exists()
+    await wait_until(swept, timeout=10, what="the stale temp swept")
+    assert fresh.exists(), "a temp in use was swept"
+    assert (await client.get("/healthz")).status == 200

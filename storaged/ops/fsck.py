@@ -12,7 +12,7 @@ every queue entry must name a job that still waits or runs; temp files
 (``*.tmp``) anywhere are strays once older than a minute and than
 ``temp_max_age`` (a SIGKILL leaves the temp of the write it interrupted beside
 its file; until that age it cannot be told from a write in flight), entries of
-``<data>/tmp`` once older than ``temp_max_age``; every recorded segment against its run's list (present,
+``<data>/tmp`` once older than ``temp_max_age`` plus the daemon's sweep period and a minute; every recorded segment against its run's list (present,
 not empty, whole TS packets, timestamps spanning the listed duration; with
 ``--deep`` ffprobe reads each one too; storaged.recording.index.check_run).
 
@@ -60,7 +60,7 @@ from storaged.recording import index as segment_index
 from storaged.store.atomic import (TMP_SUFFIX, fsync_dir, read_json, read_json_or, sync_lock, unlink_quiet,
                                    write_json)
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
-from storaged.store.objects import META, THE_FILE, verify_object
+from storaged.store.objects import META, THE_FILE, sweep_period, verify_object
 from storaged.tier.evict import verified_remote
 from storaged.tier.sources import remote_state
 
@@ -222,7 +222,9 @@ class Fsck:
         for name in tmp_entries:
             path = self.layout.tmp / name
             age = _age(path, now)
-            if age is not None and age > self.config.temp_max_age:
+            # A running daemon sweeps these every sweep_period once older than temp_max_age.
+            if age is not None and age > self.config.temp_max_age + sweep_period(self.config.temp_max_age) \
+                    + TEMP_GRACE:
                 self._stray(path, f"left in tmp/ {age:.0f}s ago")
         for dirpath, dirnames, filenames in self._walk():
             for name in list(dirnames):

@@ -38,7 +38,9 @@ nothing while streaming.
 ``<data>/tmp/`` (it disappears in one step) and removed from there.
 
 *What a crash leaves.*  Temp files and staging/trash directories under
-``<data>/tmp/``, swept at start-up once older than ``temp_max_age``; never a
+``<data>/tmp/``, swept at start-up and every ``sweep_period`` while the
+daemon runs, once older than ``temp_max_age`` (so none outlives
+``temp_max_age + sweep_period``, however long the daemon runs); never a
 partial object under a final name.  A crash in the middle of a heal leaves
 the object as damaged as it was (plus a copy in ``lost+found/``), for the
 next upload of the same bytes or ``storaged fsck --repair``.
@@ -424,6 +426,11 @@ class ObjectStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def sweep_period(max_age: float) -> float:
+    """Seconds between sweeps of ``<data>/tmp`` by a running daemon (fsck allows a temp this much longer)."""
+    return min(600.0, max(1.0, max_age / 4))
 
 
 def new_meta(oid: str, name: str | None, content_type: str | None, size: int) -> dict[str, Any]:
