@@ -67,3 +67,13 @@ def test_bandwidth_throttle_holds_the_rate_across_threads() -> None:
     # 3 MiB at 1 MiB/s, the first one from the burst: at least 2 s, whichever thread sent what.
     assert time.monotonic() - began >= 1.9
     assert Throttle(0).take(10**12) is None  # 0: no limit, no wait
+
+
+async def test_without_a_bucket_the_tier_is_off_and_says_so(client) -> None:
+    resp = await client.get("/tier")
+    assert resp.status == 200 and await resp.json() == {"enabled": False}
+    text = await (await client.get("/metrics")).text()
+    assert "storaged_tier_enabled 0.0" in text
+    assert "storaged_tier_backlog_items 0.0" in text
+    page = await (await client.get("/")).text()
+    assert "Storage tier" not in page
