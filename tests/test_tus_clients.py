@@ -5,6 +5,8 @@ tests/js/package-lock.json) upload an ffmpeg-made video through a proxy that
 cuts connections at random offsets, through a daemon that is SIGKILLed and
 restarted mid-upload, and through a router that corrupts a chunk.  Each time
 the upload must end as the stored file whose id is the SHA-256 of the source.
+Headless Chromium runs tus-js-client's browser build on a page of another
+origin, so CORS (preflight without the token, exposed headers) is proven too.
 """
 
 from __future__ import annotations
@@ -182,3 +184,59 @@ async def test_a_corrupted_chunk_gets_460_and_the_upload_still_completes(daemon,
     refused = [line for line in metrics.splitlines()
                if line.startswith("storaged_http_requests_total") and 'status="460"' in line]
     assert refused and float(refused[0].rsplit(" ", 1)[1]) == 1.0, refused
+
+
+PAGE = """<!doctype html><meta charset="utf-8"><title>upload</title><script src="/tus.min.js"></script>
+<script>
+async function upload(endpoint, token) {
+  const blob = await (await fetch('/race.mp4')).blob()
+  return await new Promise((resolve, reject) => {
+    const up = new tus.Upload(blob, {
+      endpoint, chunkSize: 1024 * 1024, retryDelays: [0, 500, 1000],
+      headers: { Authorization: 'Bearer ' + token },
+      metadata: { filename: 'race.mp4', filetype: blob.type || 'video/mp4' },
+      onSuccess: ({ lastResponse }) => resolve({ url: up.url, file_id: lastResponse.getHeader('File-Id') }),
+      onError: (err) => reject(String(err)),
+    })
+    up.start()
+  })
+}
+</script>"""
+
+
+async def test_a_browser_uploads_from_another_origin_with_tus_js_client(daemon, video):
+    """Chromium on a page of another origin: CORS preflights (without the token), exposed headers."""
+    from aiohttp import web
+
+    from tests.browser import Browser
+
+    d = daemon("--token", "s3cret")
+    async def index(_request):
+        return web.Response(text=PAGE, content_type="text/html")
+
+    async def client_js(_request):
+        return web.FileResponse(JS / "node_modules" / "tus-js-client" / "dist" / "tus.min.js")
+
+    async def source(_request):
+        return web.FileResponse(video)
+
+    page_app = web.Application()
+    page_app.router.add_get("/", index)
+    page_app.router.add_get("/tus.min.js", client_js)
+    page_app.router.add_get("/race.mp4", source)
+    runner = web.AppRunner(page_app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    page_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"
+    try:
+        async with Browser() as browser:
+            page = await browser.new_page()
+            await page.goto(page_url)
+            result = await page.evaluate(f"upload({json.dumps(d.url + '/files/')}, 's3cret')", timeout=120)
+    finally:
+        await runner.cleanup()
+    assert result["file_id"] == sha256_file(video)  # read from a header the daemon exposes to the page
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer s3cret"}) as http:
+        async with http.get(f"{d.url}/upload/{result['file_id']}") as resp:
+            assert resp.status == 200 and (await resp.json())["name"] == "race.mp4"
