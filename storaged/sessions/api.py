@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from storaged.api.bodies import json_value
-from storaged.api.keys import JOBS, LAYOUT, OBJECTS
+from storaged.api.keys import ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS
 from storaged.errors import BadRequest
 from storaged.sessions.service import MAX_SECONDS, SessionsService
 
@@ -233,6 +233,6 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     """Add this family's routes and services to the app."""
-    app[SESSIONS] = SessionsService(app[LAYOUT], app[OBJECTS], app[JOBS])
+    app[SESSIONS] = SessionsService(app[LAYOUT], app[OBJECTS], app[JOBS], app[ENSURE_LOCAL])
     app.cleanup_ctx.append(_sessions_ctx)
     app.add_routes(routes)

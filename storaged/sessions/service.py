@@ -65,7 +65,7 @@ from storaged.schema import MAX_SAFE_INT, documents, object_schema, schema_of
 from storaged.errors import BadRequest, NotFound
 from storaged.jobs.runner import JobRunner
 from storaged.jobs.state import JobState
-from storaged.store.atomic import SharedExclusive, read_json_or, write_json
+from storaged.store.atomic import SharedExclusive, async_lock, read_json_or, write_json
 from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, now_iso
@@ -204,10 +204,14 @@ def event_span(event: dict[str, Any]) -> tuple[int, int]:
 
 
 class SessionsService:
-    def __init__(self, layout: Layout, objects: ObjectStore, jobs: JobRunner) -> None:
+    def __init__(self, layout: Layout, objects: ObjectStore, jobs: JobRunner,
+                 ensure_local: list | None = None) -> None:
         self.layout = layout
         self.objects = objects
         self.jobs = jobs
+        # Coroutines ``hook(file_id, meta)`` run under the object's lock before a split reads a stored
+        # video (the storage tier fetches evicted bytes back).
+        self.ensure_local = ensure_local if ensure_local is not None else []
         self.sessions = RecordStore(layout, "sessions", catalogue=Catalogue("sessions"))
         self.races = RecordStore(layout, "races", catalogue=Catalogue("races", ("session_id",)))
         self.events = RecordStore(layout, "events", catalogue=Catalogue(
@@ -403,7 +407,11 @@ class SessionsService:
         if m:
             file_id = m.group(1)
             try:
-                path, _ = await self.objects.open_path(file_id)
+                path, meta = await self.objects.open_path(file_id)
+                if self.ensure_local:
+                    async with async_lock(self.layout.object_lock(file_id)):
+                        for hook in self.ensure_local:
+                            await hook(file_id, meta)
                 return "file:" + str(path), "object:" + file_id
             except NotFound:
                 if video_url.startswith("/"):

@@ -191,3 +191,25 @@ def test_restore_from_remote_after_the_tree_is_lost(daemon, swift, bucket, tmp_p
     assert status == 206 and got == data[10:20]
     run = storaged("fsck", "--data-dir", str(d.data_dir))
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_splitting_a_session_whose_video_was_evicted_fetches_it_back(daemon, swift, bucket, video_10s) -> None:
+    d = daemon(*tier_args(swift, bucket), "--janitor-interval", "0", env=TIER_ENV)
+    data = video_10s.read_bytes()
+    oid = upload(d, data, "session.mp4")
+    wait_until_sync(lambda: remote_json(d, oid) is not None, timeout=60, what="verified remote")
+    evict_all(d, swift, bucket, quota=len(data) // 2)
+    assert not object_bytes(d.data_dir, oid).exists()
+    json_h = {"Content-Type": "application/json"}
+    http("POST", f"{d.url}/sessions", json.dumps({"video_url": f"/download/{oid}/session.mp4"}).encode(), json_h)
+    http("POST", f"{d.url}/sessions/1/races", json.dumps({"start_time": 2, "duration": 3}).encode(), json_h)
+    status, _h, _b = http("POST", f"{d.url}/sessions/1/split_races", b"", json_h)
+    assert status == 202
+    assert hashlib.sha256(object_bytes(d.data_dir, oid).read_bytes()).hexdigest() == oid
+
+    def split_done():
+        return json.loads(http("GET", f"{d.url}/sessions/1/split_races")[2])["status"] == "done"
+
+    wait_until_sync(split_done, timeout=120, what="split done")
+    race = json.loads(http("GET", f"{d.url}/races/1")[2])
+    assert race["video_url"].startswith("/download/")
