@@ -44,19 +44,24 @@ def site(tmp_path_factory):
         segdir = data / "streams" / "1" / "segments" / "r000001"
         segdir.mkdir(parents=True)
         (segdir / "r000001-20250101T120000Z.mp4").write_bytes(video.read_bytes())
+        # A recorded segment as the playback route serves it (stream 1 exists; its bytes are the video's).
+        with urllib.request.urlopen(urllib.request.Request(f"{d.url}/streams/create?url=udp://127.0.0.1:9")) as r:
+            assert json.load(r) == {"stream_id": 1}
+        (segdir / "r000001-000001.ts").write_bytes(video.read_bytes())
         routes = {
             "download": f"/download/{fid}/clip.mp4",
             "analysis-output": f"/download/{fid}/analysis/{AID}/clip.mp4",
             "data": f"/data/{fid[:2]}/{fid[2:]}/{stored}",
             "shared": "/shared/captures/clip.mp4",
             "recording": "/data/streams/1/segments/r000001/r000001-20250101T120000Z.mp4",
+            "segment": "/streams/1/segments/r000001/r000001-000001.ts",
         }
         yield d, video, routes
     finally:
         d.stop()
 
 
-ROUTES = ["download", "analysis-output", "data", "shared", "recording"]
+ROUTES = ["download", "analysis-output", "data", "shared", "recording", "segment"]
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:

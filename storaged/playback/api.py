@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
+from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 from storaged.media import ffmpeg
 from storaged.playback import service
@@ -80,9 +81,10 @@ async def segment(request: web.Request) -> web.StreamResponse:
     if m is None or not idx.NAME_RE.match(name) or not name.startswith(run + "-"):
         raise NotFound("no such segment")
     path = streams.stream_dir(record["id"]) / "segments" / run / name
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound("no such segment")
-    return web.FileResponse(path, headers={"Cache-Control": IMMUTABLE, "Content-Type": "video/mp2t"})
+    try:
+        return await send_file(request, path, content_type="video/mp2t", headers={"Cache-Control": IMMUTABLE})
+    except NotFound:
+        raise NotFound("no such segment") from None
 
 
 async def _pipe(request: web.Request, argv: list[str], first_frame: float | None,
