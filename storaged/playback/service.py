@@ -16,7 +16,9 @@ segmenter).  The live playlist is a sliding window over the newest run
 (media sequence = the first listed segment's sequence number in its run; a
 new run starts a new sequence after a discontinuity).  Segments are served
 by name with Range and a year-long immutable cache: a final name never
-changes its bytes.
+changes its bytes.  Each segment's lines are rendered once (by run, name and
+times) and each index list's entries once, so a playlist is a bisect and a
+join (a day of 10 s segments takes milliseconds; see BENCHMARKS.md).
 
 *Progressive.*  One ``ffmpeg -f concat … -c copy`` per playback writing a
 fragmented MP4 to a pipe that the handler streams as it comes (the pipe's
@@ -44,17 +46,17 @@ def _span(group: list[idx.Segment], a: float, b: float) -> dict[str, Any]:
             "segments": sum(1 for s in group if s.end > a and s.start < b)}
 
 
+# No segment is longer than this (a wall-clock cut every stream_segment_time, at the next keyframe).
+LONGEST_SEGMENT = 3600.0
+
+
 def in_range(segments: list[idx.Segment], start: float | None, end: float | None) -> list[idx.Segment]:
     """The segments overlapping [start, end) (sorted by start; bisect, so a month stays fast)."""
     if start is None and end is None:
         return segments
-    lo = 0
-    if start is not None:
-        # Segments are short and sorted by start: those ending after start begin at most a segment earlier.
-        longest = max((s.duration for s in segments), default=0.0)
-        lo = bisect.bisect_left(segments, start - longest - 1.0, key=lambda s: s.start)
+    lo = 0 if start is None else bisect.bisect_left(segments, start - LONGEST_SEGMENT, key=lambda s: s.start)
     hi = len(segments) if end is None else bisect.bisect_left(segments, end, key=lambda s: s.start)
-    return [s for s in segments[lo:hi] if (start is None or s.end > start) and (end is None or s.start < end)]
+    return [s for s in segments[lo:hi] if start is None or s.end > start]
 
 
 def recordings(segments: list[idx.Segment], start: float | None, end: float | None) -> dict[str, Any]:
@@ -91,31 +93,68 @@ def _sequence(seg: idx.Segment) -> int | None:
     return int(m.group(2)) if m else None
 
 
+# A segment's three playlist lines depend only on its run, name and times: each is rendered once.
+_ENTRY_CACHE: dict[tuple[int, str, float, float], str] = {}
+_ENTRY_CACHE_MAX = 500_000
+# The rendered entries of a whole segment list (the index hands out the same list while nothing changed).
+_RENDERED: dict[int, tuple[list[idx.Segment], list[str], int]] = {}
+
+
+def _entry(seg: idx.Segment) -> str:
+    key = (seg.run, seg.name, seg.start, seg.end)
+    text = _ENTRY_CACHE.get(key)
+    if text is None:
+        if len(_ENTRY_CACHE) >= _ENTRY_CACHE_MAX:
+            _ENTRY_CACHE.clear()
+        text = _ENTRY_CACHE[key] = (f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.start)}\n"
+                                    f"#EXTINF:{seg.duration:.3f},\n{segment_uri(seg)}\n")
+    return text
+
+
+def _rendered(segments: list[idx.Segment]) -> tuple[list[idx.Segment], list[str], int]:
+    """(segments, their entries each with a discontinuity tag when it starts a new stretch, target duration)."""
+    got = _RENDERED.get(id(segments))
+    if got is not None and got[0] is segments:
+        return got
+    entries = []
+    longest = 1.0
+    previous = None
+    for seg in segments:
+        text = _entry(seg)
+        if previous is not None and (seg.run != previous.run or seg.start - previous.end > idx.GAP_TOLERANCE):
+            text = "#EXT-X-DISCONTINUITY\n" + text
+        entries.append(text)
+        longest = max(longest, seg.end - seg.start)
+        previous = seg
+    if len(_RENDERED) >= 64:
+        _RENDERED.clear()
+    got = _RENDERED[id(segments)] = (segments, entries, math.ceil(longest))
+    return got
+
+
 def playlist(segments: list[idx.Segment], start: float | None, end: float | None, live: bool) -> str:
     """An HLS media playlist (RFC 8216) over whole segments; see the module docstring."""
+    _, entries, target = _rendered(segments)
     if live:
-        newest = max((s.run for s in segments), default=None)
-        chosen = [s for s in segments if s.run == newest][-HLS_WINDOW:]
-        first_seq = (_sequence(chosen[0]) if chosen else 0) or 0
+        newest = segments[-1].run if segments else None
+        hi = len(segments)
+        lo = hi
+        while lo > 0 and hi - lo < HLS_WINDOW and segments[lo - 1].run == newest:
+            lo -= 1
+        first_seq = (_sequence(segments[lo]) if lo < hi else 0) or 0
     else:
-        chosen = in_range(segments, start, end)
+        lo = 0 if start is None else bisect.bisect_left(segments, start - LONGEST_SEGMENT, key=lambda s: s.start)
+        while start is not None and lo < len(segments) and segments[lo].end <= start:
+            lo += 1
+        hi = len(segments) if end is None else bisect.bisect_left(segments, end, key=lambda s: s.start)
         first_seq = 0
-    target = max((math.ceil(s.duration) for s in chosen), default=1)
-    lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{max(1, target)}",
-             f"#EXT-X-MEDIA-SEQUENCE:{first_seq}", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    if not live:
-        lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
-    previous = None
-    for seg in chosen:
-        if previous is not None and (seg.run != previous.run or seg.start - previous.end > idx.GAP_TOLERANCE):
-            lines.append("#EXT-X-DISCONTINUITY")
-        lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{_pdt(seg.start)}")
-        lines.append(f"#EXTINF:{seg.duration:.3f},")
-        lines.append(segment_uri(seg))
-        previous = seg
-    if not live:
-        lines.append("#EXT-X-ENDLIST")
-    return "\n".join(lines) + "\n"
+    body = entries[lo:hi]
+    if body and body[0].startswith("#EXT-X-DISCONTINUITY"):
+        body[0] = body[0].split("\n", 1)[1]
+    head = (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n"
+            f"#EXT-X-MEDIA-SEQUENCE:{first_seq}\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+            + ("" if live else "#EXT-X-PLAYLIST-TYPE:VOD\n"))
+    return head + "".join(body) + ("" if live else "#EXT-X-ENDLIST\n")
 
 
 def progressive_plan(index: idx.StreamIndex, segments: list[idx.Segment], start: float,

@@ -192,6 +192,7 @@ class StreamIndex:
         self.dir = Path(seg_dir)
         self._cache: dict[int, tuple[tuple, list[Segment]]] = {}
         self._files: dict[tuple[int, str], tuple[int, float]] = {}
+        self._merged: tuple | None = None
 
     def runs(self) -> list[int]:
         try:
@@ -255,10 +256,15 @@ class StreamIndex:
         return [(name0, lead, end0), *entries[1:]]
 
     def segments(self) -> list[Segment]:
-        out: list[Segment] = []
-        for run in self.runs():
-            out.extend(self.run_segments(run))
+        """Every present segment, by start.  The merged list is reused while no run changed (treat it as
+        read-only)."""
+        parts = [self.run_segments(run) for run in self.runs()]
+        key = tuple(id(p) for p in parts)
+        if self._merged is not None and self._merged[0] == key:
+            return self._merged[1]
+        out: list[Segment] = [s for p in parts for s in p]
         out.sort(key=lambda s: (s.start, s.run))
+        self._merged = (key, out, parts)  # parts kept alive so their ids stay theirs
         return out
 
     def path(self, segment: Segment) -> Path:
