@@ -522,7 +522,7 @@ async def run(args, procs: Processes, work: Path) -> dict:
 def stop_workers(data: Path) -> None:
     """Stop the detached job workers this bench's daemons left running (by their pid files: pid, boot
     id and start time must match, so nothing else is ever signalled)."""
-    from storaged.procs import read_pidfile, terminate_group
+    from storaged.supervise.process import read_pidfile, terminate_group
 
     for pidfile in data.glob("*/*/analysis/*/inrun.pid"):
         identity = read_pidfile(pidfile)

@@ -137,7 +137,7 @@ def main() -> int:
         for src in sources:
             src.stop()
         # Segmenters outlive a daemon by design: end any left behind (identity from their pid files).
-        from storaged.procs import read_pidfile, terminate_group
+        from storaged.supervise.process import read_pidfile, terminate_group
         for pidfile in (tmp / "data" / "streams").glob("*/inrun.pid"):
             ident = read_pidfile(pidfile)
             if ident is not None:

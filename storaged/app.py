@@ -9,28 +9,20 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from storaged.analyses import api as analyses
 from storaged.api import expect, health
 from storaged.api.connections import Collector, ConnectionGuard
-from storaged.camera import api as camera
-from storaged.files import api as files
-from storaged.ops import api as ops
-from storaged.playback import api as playback
-from storaged.recording import api as streams
-from storaged.sessions import api as sessions
-from storaged.videostreams import api as videostreams
-from storaged.web import browse, landing, openapi
-from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, INFLIGHT, JOBS, LAYOUT, OBJECTS, \
-    TOKEN_GATE
+from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, ENSURE_LOCAL, INFLIGHT, JOBS, \
+    LAYOUT, OBJECTS, READ_THROUGH, TOKEN_GATE, Deps
 from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_gate, token_middleware
-from storaged.api.keys import ENSURE_LOCAL, READ_THROUGH  # hooks the storage tier fills
+from storaged.families import FAMILIES
+from storaged.ops import api as ops
+from storaged.tier import api as tier_api
+from storaged.web import browse, landing, openapi
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, sweep_period
 from storaged.store.smallobjects import SmallObjects
-from storaged.tier import api as tier_api
-from storaged.uploads import api as uploads
 
 log = logging.getLogger("storaged")
 
@@ -54,24 +46,21 @@ def create_app(config: Config) -> web.Application:
     app[LAYOUT] = layout
     app[OBJECTS] = ObjectStore(layout, max_size=config.max_upload_size, chunk_size=config.upload_chunk_size,
                                small=SmallObjects(config.small_file_cache, config.small_file_max))
-    app[BEFORE_DELETE] = []
-    app[AFTER_PUT] = []
-    app[READ_THROUGH] = []
-    app[ENSURE_LOCAL] = []
     app[JOBS] = JobRunner(layout, concurrency=config.job_concurrency, stop_timeout=config.job_stop_timeout,
                           use_zygote=config.job_zygote)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_jobs_ctx)
-    app.add_routes(health.routes)
-    app.add_routes(files.routes)
-    app.add_routes(browse.routes)
-    for family in (analyses, sessions, streams, playback, videostreams, camera, uploads):
-        family.setup(app)
-    ops.setup(app)
-    tier_api.setup(app)
+    deps = Deps(config=config, layout=layout, objects=app[OBJECTS], jobs=app[JOBS], inflight=inflight)
+    app[BEFORE_DELETE] = deps.before_delete
+    app[AFTER_PUT] = deps.after_put
+    app[READ_THROUGH] = deps.read_through
+    app[ENSURE_LOCAL] = deps.ensure_local
+    # The data families first (each registers its provider in deps), then the storage tier (its eviction
+    # is a provider too), then operations, which ask them all, then the pages; openapi last: it
+    # describes the routes present.
+    for part in (health, *FAMILIES, tier_api, ops, browse, landing, openapi):
+        part.setup(app, deps)
     app[ops.METRICS].registry.register(Collector(guard, auth, inflight))
-    landing.setup(app)
-    openapi.setup(app)  # last: it describes the routes present
     expect.refuse_unroutable(app)
     return app
 

@@ -16,8 +16,14 @@ import sys
 from aiohttp import web
 
 from storaged import __version__, config as config_mod, logs, sdnotify
+from storaged import families
+from storaged.api.connections import GuardedSite
+from storaged.api.keys import CONNECTIONS, INFLIGHT, JOBS
+from storaged.app import create_app
 from storaged.ops import commands as ops_commands
 from storaged.tier import restore as tier_restore
+from storaged.store import owner as store_owner
+from storaged.supervise import ffmpeg
 
 log = logging.getLogger("storaged")
 
@@ -43,8 +49,9 @@ def listen(host: str, port: int) -> socket.socket:
         raise StartupError(f"cannot listen on {host}:{port}: {_cause(exc)}") from None
 
 
-def preflight(config: config_mod.Config) -> socket.socket:
-    """What ``serve`` needs before it starts anything: a writable data root, a usable ffmpeg, the port."""
+def preflight(config: config_mod.Config) -> tuple[socket.socket, int]:
+    """What ``serve`` needs before it starts anything: a writable data root, a usable ffmpeg, the port,
+    and the data root's owner lock (storaged.store.owner; its descriptor is answered: keep it open)."""
     root = config.data_dir.absolute()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -53,19 +60,23 @@ def preflight(config: config_mod.Config) -> socket.socket:
         os.unlink(probe)
     except OSError as exc:
         raise StartupError(f"the data root {root} is not writable: {_cause(exc)}") from None
-    from storaged.media import ffmpeg
     try:
         ffmpeg.check_tools()
     except RuntimeError as exc:
         raise StartupError(str(exc)) from None
-    return listen(config.host, config.port)
+    sock = listen(config.host, config.port)
+    # Last, so that a daemon that cannot start otherwise leaves the data root as it found it.
+    try:
+        return sock, store_owner.acquire(root)
+    except store_owner.DataRootBusy as exc:
+        sock.close()
+        raise StartupError(str(exc)) from None
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot take {root / 'locks' / store_owner.LOCK_NAME}: {_cause(exc)}") from None
 
 
 async def serve(config: config_mod.Config, sock: socket.socket) -> None:
-    from storaged.api.connections import GuardedSite
-    from storaged.api.keys import CONNECTIONS, INFLIGHT, JOBS
-    from storaged.app import create_app
-
     app = create_app(config)  # a bad setting raises ConfigError here
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=config.io_threads, thread_name_prefix="storaged-io"))
@@ -127,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Other commands register here: name -> (help, add_arguments(parser), run(config, args) -> exit code).
 COMMANDS: dict = {}
-COMMANDS.update(ops_commands.COMMANDS)  # gc, fsck
+COMMANDS.update(ops_commands.commands(families.providers))  # gc, fsck
 COMMANDS.update(tier_restore.COMMANDS)  # restore --from-remote
 
 
@@ -142,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(config.log_level)
     if args.command == "serve":
         # Start-up failures are one line and a non-zero exit, not a traceback: 2 for a bad
-        # setting (like the ones load() finds), 1 for anything else in the way.
+        # setting (like the ones load() finds), 1 for anything else in the way (another daemon
+        # owning the data root included).
         try:
-            sock = preflight(config)
-            with sock:
-                asyncio.run(serve(config, sock))
+            sock, owner = preflight(config)
+            try:
+                with sock:
+                    asyncio.run(serve(config, sock))
+            finally:
+                store_owner.release(owner)
         except config_mod.ConfigError as exc:
             print(f"storaged: bad setting: {exc}", file=sys.stderr)
             return 2

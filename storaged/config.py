@@ -120,12 +120,20 @@ class Config:
     retention_motion_images: float = _setting(0.0, "Camera motion images older than this are deleted (0: keep until "
                                               "space runs low).", "duration")
     retention_exports: float = _setting(0.0, "Clips and exports (camera mp4/zip in shared/captures, stream clip "
-                                        "jobs) older than this are deleted (0: keep until space runs low).",
+                                        "jobs, session split jobs) older than this are deleted (0: keep).",
                                         "duration")
-    retention_uploads: float = _setting(0.0, "Uploaded objects older than this are deleted unless pinned (0: keep "
-                                        "until space runs low).", "duration")
+    retention_uploads: float = _setting(0.0, "Uploaded objects older than this are deleted unless pinned or "
+                                        "referenced by a record or a job (0: keep).", "duration")
     retention_analyses: float = _setting(0.0, "Finished analysis jobs (results and output files) older than this are "
-                                         "deleted (0: keep until space runs low).", "duration")
+                                         "deleted (0: keep).", "duration")
+    space_kinds: str = _setting("ring", "Kinds of data free-space pressure (`min_free`, `quota`) may delete, "
+                                "oldest first, comma-separated. `ring` stands for the ring-buffer data "
+                                "(recordings, motion_images); add `exports`, `clips`, `splits`, `analyses` or "
+                                "`uploads` to let space pressure take those too (pinned and referenced objects "
+                                "never go).")
+    live_window: float = _setting(600.0, "Space pressure never deletes anything younger than this (the live window "
+                                  "a viewer may still be watching); age retention (`retention_*`) is not bound by "
+                                  "it.", "duration")
     min_free: str = _setting("5%", "Free space the janitor keeps on the data filesystem: bytes (`2G`) or a percent of "
                              "its size (`5%`); `0` turns space-driven deletion off.")
     quota: int = _setting(0, "Most bytes the data root may hold; the janitor deletes oldest data above it (0: no "
@@ -184,6 +192,24 @@ def parse_size(raw: str) -> int:
     if not m:
         raise ConfigError(f"not a size: {raw!r} (use e.g. 1048576, 512M, 10G)")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def human_size(n: float) -> str:
+    """Bytes in binary units, as logs and pages show them: ``1.5 MiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def human_age(seconds: float) -> str:
+    """A duration as logs show it: ``45s``, ``3.5m``, ``2.0h``, ``1.5d``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def parse_duration(raw: str) -> float:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from storaged.api.keys import JOBS
-from storaged.procs import ProcessIdentity, start_ticks
+from storaged.supervise.process import ProcessIdentity, start_ticks
 from tests.helpers import duration_of, ffmpeg, ffprobe, wait_until
 
 GOP = 1.0  # tests/helpers.make_video: keyframe every 25 frames at 25 fps

@@ -17,6 +17,7 @@ import pytest
 
 from storaged.config import Config
 from storaged.errors import InsufficientStorage, StorageUnavailable, storage_fault
+from storaged.families import providers
 from storaged.ops.fsck import Fsck
 from storaged.store.layout import Layout
 from tests.helpers import json_of, wait_until
@@ -26,7 +27,8 @@ BODY = b"the good bytes of an upload\n" * 4096
 
 def fsck(root: Path, repair: bool = False) -> tuple[int, str]:
     out = io.StringIO()
-    code = Fsck(Layout(root), Config(data_dir=root), repair=repair, out=out, err=io.StringIO()).run()
+    layout, config = Layout(root), Config(data_dir=root)
+    code = Fsck(layout, config, providers(layout, config), repair=repair, out=out, err=io.StringIO()).run()
     return code, out.getvalue()
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storaged.procs import ProcessIdentity, boot_id
+from storaged.supervise.process import ProcessIdentity, boot_id
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from tests.ops_helpers import backdate
@@ -142,3 +142,55 @@ def test_fsck_passes_the_tree_of_a_live_daemon(tmp_path: Path, daemon):
     out = fsck(data)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "checked 4 objects" in out.stdout
+
+
+def test_fsck_sees_strays_junk_in_the_queue_dangling_references_and_orphan_events(tmp_path: Path):
+    data = tmp_path / "data"
+    tree = build_tree(data)
+    missing = "f" * 64
+    # strays: at the top of the root, and in jobs/
+    (data / "notes.txt").write_text("left here by someone")
+    (data / "jobs" / "old-runner-state").mkdir()
+    # junk in the queue: a file that is not an entry, and an entry that is not JSON
+    (data / "jobs" / "queue" / "README").write_text("junk")
+    (data / "jobs" / "queue" / "00000000000000000009-eeee.json").write_text("{not json")
+    # references to an object that is not stored: a session's video, a queued job's declared input
+    (data / "sessions" / "2.json").write_text(json.dumps({"id": 2, "video_url": f"/download/{missing}/x.mp4"}))
+    waiting = data / "sessions" / "2.split" / "j1"
+    waiting.mkdir(parents=True)
+    (waiting / "config.json").write_text(json.dumps({"kind": "k", "args": {}, "inputs": {"objects": [missing]}}))
+    (data / "jobs" / "queue" / "00000000000000000010-ffff.json").write_text(
+        json.dumps({"job_dir": os.path.relpath(waiting, data)}))
+    # an event whose session is gone (session 1 exists, 7 does not)
+    (data / "events").mkdir()
+    (data / "events" / "1.json").write_text(json.dumps({"id": 1, "session_id": 1, "time": 1, "type": "x"}))
+    (data / "events" / "2.json").write_text(json.dumps({"id": 2, "session_id": 7, "time": 2, "type": "x"}))
+
+    found = fsck(data)
+    assert found.returncode == 1, found.stdout + found.stderr
+    text = found.stdout
+    assert "stray notes.txt: not an object, the store's or any family's" in text
+    assert "stray jobs/old-runner-state: only queue/ belongs in jobs/" in text
+    assert "junk queue entry jobs/queue/README" in text
+    assert "dangling queue entry jobs/queue/00000000000000000009-eeee.json: unreadable" in text
+    assert f"dangling reference sessions/2: points to object {missing}, which is not stored" in text
+    assert f"dangling reference sessions/2.split/j1: points to object {missing}" in text
+    assert "orphan event events/2.json: its session 7 does not exist" in text
+    assert "events/1.json" not in text
+    assert "7 problem(s)" in text
+
+    repaired = fsck(data, "--repair")
+    lines = [line for line in repaired.stdout.splitlines() if " -> " in line]
+    assert any(line.startswith("stray notes.txt") and "-> moved to lost+found/notes.txt" in line for line in lines)
+    assert any(line.startswith("orphan event events/2.json") and "moved to lost+found/events/2.json" in line
+               for line in lines)
+    assert any(line.startswith("dangling reference sessions/2:") and "-> left as is" in line for line in lines)
+    assert any(line.startswith("junk queue entry") and "-> moved to lost+found/jobs/queue/README" in line
+               for line in lines)
+    assert (data / "lost+found" / "notes.txt").read_text() == "left here by someone"
+    assert (data / "sessions" / "2.json").exists()  # the user's record is never touched
+    assert not (data / "events" / "2.json").exists() and (data / "events" / "1.json").exists()
+    # What is left: only the dangling references (the record is the user's to fix).
+    again = fsck(data)
+    left = [line for line in again.stdout.splitlines() if not line.startswith("fsck:")]
+    assert left and all(line.startswith("dangling reference") for line in left), again.stdout

@@ -17,6 +17,7 @@ import pytest
 from storaged.ops.api import JANITOR
 from storaged.app import create_app
 from storaged.config import Config
+from storaged.families import providers
 from storaged.ops.janitor import Janitor, parse_min_free
 from storaged.store.layout import Layout
 from tests.helpers import wait_until
@@ -84,9 +85,10 @@ async def test_janitor_keeps_free_space_while_recording_deleting_oldest_first(ai
     assert object_dir(data, pinned).is_dir() and object_dir(data, other).is_dir()
 
 
-async def test_under_pressure_uploads_go_after_recordings_and_pinned_never(aiohttp_client, small_fs):
+async def test_under_pressure_opted_in_uploads_go_after_recordings_and_pinned_never(aiohttp_client, small_fs):
     data = small_fs / "data"
-    client = await aiohttp_client(create_app(small_config(data, janitor_interval=3600.0)))
+    client = await aiohttp_client(create_app(small_config(data, janitor_interval=3600.0,
+                                                          space_kinds="ring,uploads")))
     janitor = client.app[JANITOR]
     await wait_until(lambda: asyncio.sleep(0, janitor.janitor.passes >= 1), what="the start-up pass")
     pinned = await upload(client, os.urandom(3 * MiB), "keep.bin")
@@ -169,7 +171,7 @@ def test_janitor_never_deletes_the_input_of_a_queued_job_or_a_pinned_object(tmp_
     data = tmp_path / "data"
     layout = Layout(data)
     layout.ensure()
-    from storaged.ops.pins import pin_blocking
+    from storaged.files.pins import pin_blocking
     from storaged.store.objects import ObjectStore
 
     store = ObjectStore(layout, max_size=1 << 30)
@@ -181,15 +183,17 @@ def test_janitor_never_deletes_the_input_of_a_queued_job_or_a_pinned_object(tmp_
         backdate(layout.object_dir(ids[-1]) / "meta.json", 86400)
     busy, pinned, free = ids
     pin_blocking(layout, pinned, True)
-    # A session split queued on ``busy``: its config names the object by path.
+    # A session split queued on ``busy``: its config declares the object as its input.
     job = data / "sessions" / "1.split" / "abc"
     job.mkdir(parents=True)
     (job / "config.json").write_text(json.dumps(
-        {"kind": "split", "args": {"source": f"file:{layout.object_dir(busy)}/f0.bin"}}))
+        {"kind": "split", "args": {"source": f"file:{layout.object_dir(busy)}/f0.bin"},
+         "inputs": {"objects": [busy]}}))
     (data / "jobs" / "queue").mkdir(parents=True)
     (data / "jobs" / "queue" / "00000000000000000001-aaaa.json").write_text(
         json.dumps({"job_dir": "sessions/1.split/abc"}))
-    report = Janitor(layout, Config(data_dir=data, retention_uploads=3600.0, min_free="0")).run_blocking()
+    config = Config(data_dir=data, retention_uploads=3600.0, min_free="0")
+    report = Janitor(layout, config, providers(layout, config)).run_blocking()
     assert [d.rel for d in report.deletions] == [os.path.relpath(layout.object_dir(free), data)]
     assert layout.object_dir(busy).is_dir() and layout.object_dir(pinned).is_dir()
     assert not layout.object_dir(free).exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from storaged.procs import read_pidfile
+from storaged.supervise.process import read_pidfile
 from storaged.recording import index as idx
 from tests.helpers import duration_of, ffmpeg, wait_until
 from tests.test_streams import FAST, call, create, live, no_leftover_ffmpeg, segments_at_least, status_of  # noqa: F401

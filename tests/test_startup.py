@@ -65,7 +65,7 @@ def test_ffmpeg_too_old(data_dir, tmp_path, version):
 
 
 def test_the_check_takes_the_installed_ffmpeg():
-    from storaged.media.ffmpeg import check_tools
+    from storaged.supervise.ffmpeg import check_tools
     lines = check_tools()
     assert len(lines) == 2 and lines[0].startswith("ffmpeg version") and lines[1].startswith("ffprobe version")
 

@@ -11,7 +11,7 @@ import aiohttp
 import psutil
 import pytest
 
-from storaged.procs import read_pidfile
+from storaged.supervise.process import read_pidfile
 from tests.helpers import duration_of, ffprobe, json_of, wait_until
 from tests.live_source import LiveSource, free_udp_port, kill_processes_under, processes_under
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from aiohttp import web
 
 from storaged.api.bodies import json_object
-from storaged.api.keys import BEFORE_DELETE, ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS
+from storaged.analyses.provider import AnalysesProvider
+from storaged.api.keys import ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS, Deps
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.analyses import work as analyses
@@ -68,7 +69,7 @@ async def analyse(request: web.Request) -> web.Response:
         for hook in request.app[ENSURE_LOCAL]:  # evicted bytes come back from the storage tier first
             await hook(file_id, meta)
         state = await request.app[JOBS].submit(
-            job_dir(request, file_id, aid), analyses.KIND, args, retry=retry,
+            job_dir(request, file_id, aid), analyses.KIND, args, retry=retry, inputs=[file_id],
             meta={"file_id": file_id, "analysis": analysis.name, "analysis_id": aid,
                   "input": os.path.relpath(request.app[OBJECTS].data_path(file_id, meta), layout.root)})
     return web.json_response({"file_id": file_id, "analysis_id": aid, "status": state.status})
@@ -152,10 +153,15 @@ async def cancel_all_for(app: web.Application, file_id: str) -> None:
             continue
 
 
-def setup(app: web.Application) -> None:
+PROVIDER = AnalysesProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes; register its provider and the hook that cancels jobs of a deleted object."""
     app.add_routes(routes)
+    deps.providers.append(PROVIDER(deps.layout, deps.config))
 
     async def before_delete(file_id: str) -> None:
         await cancel_all_for(app, file_id)
 
-    app[BEFORE_DELETE].append(before_delete)
+    deps.before_delete.append(before_delete)

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from storaged.errors import BadRequest
 from storaged.schema import object_schema
 from storaged.store.layout import OBJECT_ID_SCHEMA
-from storaged.media import ffmpeg as ff
+from storaged.supervise import ffmpeg as ff
 from storaged.store.atomic import read_json, write_json
 
 ANALYSIS_ID_RE = re.compile(r"^[0-9a-f]{40}$")

@@ -21,7 +21,7 @@ import time
 from aiohttp import web
 
 from storaged import __version__
-from storaged.api.keys import CONFIG, LAYOUT
+from storaged.api.keys import CONFIG, LAYOUT, Deps
 from storaged.store.layout import Layout
 
 routes = web.RouteTableDef()
@@ -51,6 +51,10 @@ def check_data_root(layout: Layout, min_free: int) -> tuple[int, list[str]]:
         if free < min_free:
             problems.append(f"only {free} bytes free on the data filesystem, below health_min_free ({min_free})")
     return free, problems
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    app.add_routes(routes)
 
 
 @routes.get("/healthz")

@@ -1,6 +1,9 @@
-"""Typed application keys for the shared services."""
+"""Typed application keys for the shared services, and the dependencies every family's setup gets."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -10,6 +13,10 @@ from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from storaged.provider import Provider
+    from storaged.videostreams.service import VideostreamCatalogue
 
 CONFIG = web.AppKey("config", Config)
 LAYOUT = web.AppKey("layout", Layout)
@@ -38,3 +45,30 @@ READ_THROUGH = web.AppKey("read_through", list)
 # Coroutine functions ``hook(file_id, meta)`` run, holding the object's lock,
 # before work reads an object's bytes (the storage tier fetches evicted bytes back).
 ENSURE_LOCAL = web.AppKey("ensure_local", list)
+
+@dataclass
+class Deps:
+    """What ``setup(app, deps)`` of every family gets; create_app builds it once.
+
+    Families register into it as they are set up, in create_app's order:
+    each appends its provider to ``providers`` (ops, set up after the
+    families, hands them to the janitor and /metrics), the analyses family
+    appends to ``before_delete``, the storage tier to ``after_put``,
+    ``read_through`` and ``ensure_local`` (each is also the app key of the
+    same name in capitals), and the videostreams family sets
+    ``videostreams`` before the recording family, which registers its runs
+    there, is set up.
+    """
+
+    config: Config
+    layout: Layout
+    objects: ObjectStore
+    jobs: JobRunner
+    inflight: InFlight
+    providers: list["Provider"] = field(default_factory=list)
+    before_delete: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    after_put: list[Callable[[dict], Any]] = field(default_factory=list)
+    read_through: list[Callable[..., Awaitable[Any]]] = field(default_factory=list)
+    ensure_local: list[Callable[[str, dict], Awaitable[None]]] = field(default_factory=list)
+    videostreams: "VideostreamCatalogue | None" = None
+    collectors: list[Any] = field(default_factory=list)  # more Prometheus collectors for ops' /metrics

@@ -22,9 +22,10 @@ from aiohttp import web
 
 from storaged.web.browse import serve_tree
 from storaged.api.bodies import json_object
-from storaged.api.keys import CONFIG, JOBS, LAYOUT
+from storaged.api.keys import Deps
 from storaged.camera import convert, images, usage
 from storaged.camera.motion import CameraSpec, MotionService, parse_cameras
+from storaged.camera.provider import CameraProvider
 from storaged.config import ConfigError
 from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.schema import object_schema
@@ -50,9 +51,12 @@ class CameraStorage:
 CAMERA = web.AppKey("camera_storage", CameraStorage)
 
 
-def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
-    config = app[CONFIG]
+PROVIDER = CameraProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes and services to the app; register its provider."""
+    config = deps.config
     try:
         tz = images.zone(config.timezone)
         specs = parse_cameras(config.cameras, config.camera_threshold, config.camera_max_fps)
@@ -60,20 +64,22 @@ def setup(app: web.Application) -> None:
         raise ConfigError(str(exc)) from None
     if config.camera_frame_limit < 1:
         raise ConfigError("camera_frame_limit must be at least 1")
-    root = app[LAYOUT].root
+    root = deps.layout.root
     camera_root = root / "camera"
+    motion = MotionService(specs, camera_root, tz, backoff_max=config.camera_backoff_max)
     app[CAMERA] = CameraStorage(
         tz=tz, specs=specs, camera_root=camera_root, shared_root=root / "shared",
-        frame_limit=config.camera_frame_limit,
-        motion=MotionService(specs, camera_root, tz, backoff_max=config.camera_backoff_max))
-    app.cleanup_ctx.append(_camera_ctx)
+        frame_limit=config.camera_frame_limit, motion=motion,
+        processes=convert.ProcessService(deps.jobs, deps.layout, expiry=config.camera_output_expiry))
+    provider = PROVIDER(deps.layout, config)
+    provider.motion = motion
+    deps.providers.append(provider)
+    app.cleanup_ctx.append(lambda app: _camera_ctx(app, config))
     app.add_routes(routes)
 
 
-async def _camera_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _camera_ctx(app: web.Application, config) -> AsyncIterator[None]:
     cam = app[CAMERA]
-    config = app[CONFIG]
-    cam.processes = convert.ProcessService(app[JOBS], app[LAYOUT], expiry=config.camera_output_expiry)
     for d in (cam.camera_root, cam.processes.root, cam.processes.captures):
         await asyncio.to_thread(d.mkdir, parents=True, exist_ok=True)
     await cam.motion.start()

@@ -34,7 +34,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import string
 import time
 import zipfile
@@ -45,6 +44,8 @@ from typing import Any
 from storaged.camera import images
 from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.store.atomic import async_lock, fsync_dir, unlink_quiet
+from storaged.supervise.ffmpeg import concat_quote
+from storaged.supervise.process import wait_group_gone
 
 log = logging.getLogger("storaged.camera")
 
@@ -76,10 +77,6 @@ def output_name(camera: int, start: str, end: str, pid: str, kind: str) -> str:
 
 
 # -- worker side -------------------------------------------------------------------
-
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "'\\''") + "'"
-
 
 def _publish(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as fh:
@@ -138,7 +135,7 @@ def create_video(ctx) -> dict:
         for path in selection:
             if first is None:
                 first = path
-            fh.write(f"file {_quote(path)}\nduration {duration}\n")
+            fh.write(f"file {concat_quote(path)}\nduration {duration}\n")
             count += 1
             if count % 1000 == 0:
                 ctx.progress(0.05 * count / expected)
@@ -316,34 +313,3 @@ def _mtime(path: Path) -> float | None:
         return path.stat().st_mtime
     except FileNotFoundError:
         return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``."""
-    out = []
-    for name in _listdir(Path("/proc")):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(name))
-    return out
-
-
-def wait_group_gone(pgid: int, timeout: float = 10.0) -> bool:
-    """Wait until process group ``pgid`` is empty; KILL what is left after ``timeout``.  Blocking."""
-    deadline = time.monotonic() + timeout
-    while group_members(pgid):
-        if time.monotonic() > deadline:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            time.sleep(0.1)
-            return not group_members(pgid)
-        time.sleep(0.05)
-    return True

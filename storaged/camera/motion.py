@@ -42,7 +42,6 @@ import asyncio
 import collections
 import json
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,10 +50,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
-from storaged.backoff import Backoff
 from storaged.camera import images
-from storaged.media import ffmpeg as ff
 from storaged.store.atomic import write_bytes
+from storaged.supervise import ffmpeg as ff
+from storaged.supervise.backoff import Backoff
 
 log = logging.getLogger("storaged.camera")
 
@@ -333,9 +332,8 @@ class CameraSupervisor:
             except Exception as exc:  # keep supervising whatever one run did
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("camera %d: capture run failed", self.spec.number)
-            if self.images_saved > saved_before or time.monotonic() - began > self.backoff_max:
-                backoff.succeeded()
-            delay = backoff.failed()
+            delay = backoff.restart_delay(did_work=self.images_saved > saved_before,
+                                          ran_for=time.monotonic() - began)
             log.warning("camera %d: ffmpeg ended (%s); restarting in %.0f s", self.spec.number,
                         self.last_error, delay)
             await asyncio.sleep(delay)
@@ -390,37 +388,22 @@ class CameraSupervisor:
 
 
 async def stop_capture(proc: asyncio.subprocess.Process, timeout: float = 5.0) -> int:
-    """``q``, then TERM, then TERM again, then KILL.
+    """``q``, then TERM, then TERM again, then KILL (the one stop sequence, see storaged.supervise).
 
     ffmpeg only checks ``q`` and its first TERM between packets; while it
     waits for a silent source only a second signal interrupts the read.
-    image2pipe has no trailer to lose, so the waits are short.
+    image2pipe has no trailer to lose, so the polite waits are short.
     """
-    if proc.returncode is not None:
-        return proc.returncode
-    steps = [lambda: proc.stdin.write(b"q\n") if proc.stdin is not None else None,
-             lambda: proc.send_signal(signal.SIGTERM), lambda: proc.send_signal(signal.SIGTERM), proc.kill]
-    waits = [min(1.0, timeout), min(1.0, timeout), timeout, timeout]
-    for step, wait in zip(steps, waits):
-        try:
-            step()
-        except (ProcessLookupError, BrokenPipeError, ConnectionResetError, RuntimeError):
-            pass
-        try:
-            return await asyncio.wait_for(proc.wait(), wait)
-        except asyncio.TimeoutError:
-            continue
-    return await proc.wait()
+    return await ff.stop_process(proc, timeout, extra_term=True, first_wait=min(1.0, timeout))
 
 
 def _write_image(path: Path, data: bytes) -> bool:
+    """Publish the image under ``path`` unless that name exists (another writer used this millisecond:
+    an image is never overwritten); False then, and the caller takes the next millisecond."""
     for attempt in range(3):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():  # another writer used this millisecond: never overwrite an image
-            return False
         try:
-            write_bytes(path, data)
-            return True
+            return write_bytes(path, data, exclusive=True)
         except FileNotFoundError:
             if attempt == 2:
                 raise
@@ -450,3 +433,11 @@ class MotionService:
 
     def status(self) -> dict[str, Any]:
         return {"cameras": [sup.status() for sup in self.supervisors.values()]}
+
+    def active_cameras(self) -> int:
+        """Cameras whose motion ffmpeg runs right now (for /metrics)."""
+        return sum(1 for sup in list(self.supervisors.values()) if sup.running)
+
+    def restarts(self) -> int:
+        """Restarts of every camera's ffmpeg since the daemon started."""
+        return sum(sup.restarts for sup in list(self.supervisors.values()))

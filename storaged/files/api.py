@@ -11,15 +11,23 @@ from aiohttp import BodyPartReader, web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from storaged.api.expect import continue_unless
-from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS, READ_THROUGH
+from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS, READ_THROUGH, Deps
 from storaged.api.sendfile import send_bytes, send_file
+from storaged.files import pins
+from storaged.files.provider import FilesProvider
 from storaged.errors import BadRequest, PayloadTooLarge
-from storaged.ops.pins import is_pinned
 from storaged.store.layout import check_object_id
 from storaged.store.objects import download_link
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 routes = web.RouteTableDef()
+PROVIDER = FilesProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes; register its provider.  Other families' hooks run via BEFORE_DELETE/AFTER_PUT."""
+    deps.providers.append(PROVIDER(deps.layout, deps.config))
+    app.add_routes(routes)
 
 
 MAX_PAGE = 1000
@@ -128,7 +136,7 @@ async def list_uploads(request: web.Request) -> web.Response:
 async def get_upload(request: web.Request) -> web.Response:
     """A stored file's meta and download link."""
     meta = await request.app[OBJECTS].meta(request.match_info["file_id"])
-    pinned = await asyncio.to_thread(is_pinned, request.app[LAYOUT], meta["file_id"])
+    pinned = await asyncio.to_thread(pins.is_pinned, request.app[LAYOUT], meta["file_id"])
     return web.json_response({**meta, "pinned": pinned, "download": download_link(meta)})
 
 
@@ -172,3 +180,19 @@ async def download(request: web.Request) -> web.StreamResponse:
             if response is not None:
                 return response
     return await send_file(request, path, etag=file_id, headers=headers)
+
+
+@routes.put("/upload/{file_id}/pin")
+async def pin(request: web.Request) -> web.Response:
+    """Pin a stored file: the janitor never deletes it (an explicit DELETE /upload/<id> still does)."""
+    oid = check_object_id(request.match_info["file_id"])
+    await asyncio.to_thread(pins.pin_blocking, request.app[LAYOUT], oid, True)
+    return web.json_response({"file_id": oid, "pinned": True})
+
+
+@routes.delete("/upload/{file_id}/pin")
+async def unpin(request: web.Request) -> web.Response:
+    """Unpin a stored file: it expires again like any upload."""
+    oid = check_object_id(request.match_info["file_id"])
+    await asyncio.to_thread(pins.pin_blocking, request.app[LAYOUT], oid, False)
+    return web.json_response({"file_id": oid, "pinned": False})

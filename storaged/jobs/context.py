@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from storaged.media import ffmpeg as ff
+from storaged.supervise import ffmpeg as ff
 from storaged.store.atomic import write_json
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, download_link

@@ -30,8 +30,17 @@ match) is adopted and watched; one whose worker is dead is marked failed; a
 queued one waits for its turn.  A recycled pid is never mistaken for a job.
 
 *Who waits.*  All state changes of the runner happen on the event loop under
-one ``asyncio.Lock``; blocking file work runs in threads.  Readers (``state``)
-need no lock: they read the files.
+one ``asyncio.Lock`` (the innermost lock of the global order, see
+storaged.store.atomic); blocking file work runs in threads.  The lock is
+never held while a process is stopped or started, so a DELETE that waits
+out a worker ignoring TERM (up to ``job_stop_timeout`` and then KILL) or a
+slow worker start delays no other request: a job being started is marked
+*starting* under the lock and spawned outside it, and a job being cancelled
+is taken off the books (running set, queue entry) under the lock and
+stopped outside it.  Whoever wants a job that is starting or being
+cancelled waits for that to finish first.  Readers (``state``) need no lock:
+they read the files.  The zygote's pipe has its own thread lock (spawns run
+in threads).
 """
 
 from __future__ import annotations
@@ -43,25 +52,23 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from storaged.errors import NotFound
+from storaged.jobs.queue import INPUTS, entries as queue_entries
 from storaged.jobs.state import (CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState,
                                   log_tail, read_state)
-from storaged.procs import ProcessIdentity, terminate_group, write_pidfile
-from storaged.store.atomic import read_json, unlink_quiet, write_json
+from storaged.supervise.process import ProcessIdentity, stop_sequence_blocking, terminate_group, write_pidfile
+from storaged.store.atomic import unlink_quiet, write_json
 from storaged.store.layout import Layout
+from storaged.store.objects import now_iso
 
 log = logging.getLogger("storaged.jobs")
 FINAL_CACHE_SIZE = 10_000
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -81,6 +88,8 @@ class JobRunner:
         self.queue_dir = layout.root / "jobs" / "queue"
         self._running: dict[Path, _Running] = {}
         self._lock = asyncio.Lock()
+        self._busy: dict[Path, asyncio.Event] = {}  # jobs being started or cancelled outside the lock
+        self._zygote_lock = threading.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._zygote: subprocess.Popen | None = None
@@ -102,36 +111,42 @@ class JobRunner:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if self._zygote is not None:
-            await asyncio.to_thread(self._stop_zygote)
+            await asyncio.to_thread(self._locked_stop_zygote)
 
     async def warm_up(self) -> None:
         """Start the zygote now rather than on the first job (the daemon calls this once it serves)."""
         if self.use_zygote:
-            async with self._lock:
-                try:
-                    await asyncio.to_thread(self._ensure_zygote)
-                except OSError as exc:
-                    log.warning("job zygote unavailable (%s); jobs will start the slow way", exc)
+            try:
+                await asyncio.to_thread(self._ensure_zygote)
+            except OSError as exc:
+                log.warning("job zygote unavailable (%s); jobs will start the slow way", exc)
 
     def _ensure_zygote(self) -> None:
-        if self._zygote is None or self._zygote.poll() is not None:
-            self._start_zygote()
+        with self._zygote_lock:
+            if self._zygote is None or self._zygote.poll() is not None:
+                self._start_zygote()
+
+    def _locked_stop_zygote(self) -> None:
+        with self._zygote_lock:
+            self._stop_zygote()
 
     # -- the zygote: a pre-imported parent that forks workers in a millisecond ----
     def _zygote_spawn(self, job_dir: Path) -> int | None:
         """Fork a worker from the zygote (started on first use); None when it is not available."""
         if not self.use_zygote:
             return None
-        try:
-            self._ensure_zygote()
-            assert self._zygote is not None and self._zygote.stdin and self._zygote.stdout
-            self._zygote.stdin.write(f"{job_dir}\n".encode())
-            self._zygote.stdin.flush()
-            return int(self._zygote.stdout.readline())
-        except (OSError, ValueError) as exc:
-            log.warning("job zygote unavailable (%s); starting the worker the slow way", exc)
-            self._stop_zygote()
-            return None
+        with self._zygote_lock:
+            try:
+                if self._zygote is None or self._zygote.poll() is not None:
+                    self._start_zygote()
+                assert self._zygote is not None and self._zygote.stdin and self._zygote.stdout
+                self._zygote.stdin.write(f"{job_dir}\n".encode())
+                self._zygote.stdin.flush()
+                return int(self._zygote.stdout.readline())
+            except (OSError, ValueError) as exc:
+                log.warning("job zygote unavailable (%s); starting the worker the slow way", exc)
+                self._stop_zygote()
+                return None
 
     def _start_zygote(self) -> None:
         self._stop_zygote()
@@ -152,17 +167,17 @@ class JobRunner:
                     pipe.close()
             except OSError:
                 pass
-        try:
-            zygote.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            zygote.kill()
-            zygote.wait()
+        # Its stdin closed is its "q": it ends by itself; KILL only if it does not.
+        stop_sequence_blocking([(lambda: None, 5.0), (zygote.kill, 5.0)], lambda: zygote.poll() is None)
+        zygote.wait()
 
     # -- API -----------------------------------------------------------------
     async def submit(self, job_dir: Path, kind: str, args: dict[str, Any], *,
-                     meta: dict[str, Any] | None = None, retry: bool = False) -> JobState:
+                     meta: dict[str, Any] | None = None, retry: bool = False,
+                     inputs: Sequence[str] = ()) -> JobState:
+        """Queue the job (or find it).  ``inputs``: the stored objects it reads (retention keeps them)."""
         job_dir = Path(job_dir).resolve()
-        async with self._lock:
+        async with await self._settled_lock(job_dir):
             state = await asyncio.to_thread(read_state, job_dir)
             if state is not None:
                 if state.status == "queued" and not await asyncio.to_thread(self._has_entry, job_dir):
@@ -179,6 +194,8 @@ class JobRunner:
                 config = state.config
             else:
                 config = {**(meta or {}), "kind": kind, "args": args, "requested": now_iso()}
+                if inputs:
+                    config[INPUTS] = {"objects": sorted(set(inputs))}
             await asyncio.to_thread(self._enqueue, job_dir, config, state is None)
         self._wake.set()
         return await self.state(job_dir)
@@ -210,18 +227,24 @@ class JobRunner:
         return state
 
     async def cancel(self, job_dir: Path, *, remove: bool = True) -> JobState | None:
-        """Stop the job (its whole process group) and remove it, or mark it cancelled."""
+        """Stop the job (its whole process group) and remove it, or mark it cancelled.
+
+        Only the bookkeeping happens under the runner's lock; the stop sequence
+        (TERM, ``stop_timeout``, KILL) and the removal run outside it.
+        """
         job_dir = Path(job_dir).resolve()
-        async with self._lock:
+        async with await self._settled_lock(job_dir):
             state = await asyncio.to_thread(read_state, job_dir)
             if state is None:
                 raise NotFound("job not found")
             self._final.pop(str(job_dir), None)
             running = self._running.pop(job_dir, None)
             identity = running.identity if running else state.worker
+            await asyncio.to_thread(self._drop_entries, job_dir)
+            done = self._busy[job_dir] = asyncio.Event()
+        try:
             if identity is not None:
                 await asyncio.to_thread(terminate_group, identity, self.stop_timeout)
-            await asyncio.to_thread(self._drop_entries, job_dir)
             if remove:
                 await asyncio.to_thread(shutil.rmtree, job_dir, True)
                 result = None
@@ -231,8 +254,21 @@ class JobRunner:
                                             {"status": "cancelled", "error_message": "cancelled"})
                 await asyncio.to_thread(unlink_quiet, job_dir / PIDFILE)
                 result = await asyncio.to_thread(read_state, job_dir)
+        finally:
+            self._busy.pop(job_dir, None)
+            done.set()
         self._wake.set()
         return result
+
+    async def _settled_lock(self, job_dir: Path) -> "_Held":
+        """The runner's lock, taken once ``job_dir`` is neither starting nor being cancelled."""
+        while True:
+            await self._lock.acquire()
+            busy = self._busy.get(job_dir)
+            if busy is None:
+                return _Held(self._lock)
+            self._lock.release()
+            await busy.wait()
 
     async def wait(self, job_dir: Path, timeout: float = 60.0) -> JobState:
         deadline = time.monotonic() + timeout
@@ -278,22 +314,10 @@ class JobRunner:
             unlink_quiet(job_dir / name)
 
     def _entries(self) -> list[tuple[Path, Path]]:
+        """The queue, FIFO; entries that are unreadable or name nothing inside the root are dropped."""
         out = []
-        try:
-            names = sorted(os.listdir(self.queue_dir))
-        except FileNotFoundError:
-            return out
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            entry = self.queue_dir / name
-            try:
-                rel = read_json(entry)["job_dir"]
-            except (FileNotFoundError, ValueError, KeyError, TypeError):
-                unlink_quiet(entry)
-                continue
-            job_dir = (self.layout.root / rel).resolve()
-            if not str(job_dir).startswith(str(self.layout.root.resolve()) + os.sep):
+        for entry, job_dir in queue_entries(self.layout):
+            if job_dir is None:
                 unlink_quiet(entry)
                 continue
             out.append((entry, job_dir))
@@ -335,7 +359,8 @@ class JobRunner:
             try:
                 async with self._lock:
                     await self._reap()
-                    await self._start_queued()
+                    picked = await self._pick_queued()
+                await self._start(picked)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -364,13 +389,15 @@ class JobRunner:
             state = await asyncio.to_thread(read_state, job_dir)
             log.info("job %s finished: %s", job_dir, state.status if state else "removed")
 
-    async def _start_queued(self) -> None:
+    async def _pick_queued(self) -> list[tuple[Path, Path, asyncio.Event]]:
+        """Under the lock: the oldest queued jobs that fit, marked as starting."""
+        picked: list[tuple[Path, Path, asyncio.Event]] = []
         if len(self._running) >= self.concurrency:
-            return
+            return picked
         for entry, job_dir in await asyncio.to_thread(self._entries):
-            if len(self._running) >= self.concurrency:
-                return
-            if job_dir in self._running:
+            if len(self._running) + len(picked) >= self.concurrency:
+                break
+            if job_dir in self._running or job_dir in self._busy:
                 continue
             state = await asyncio.to_thread(read_state, job_dir)
             if state is None or state.results is not None:
@@ -379,10 +406,25 @@ class JobRunner:
             if state.status != "queued":
                 await asyncio.to_thread(self._finish_dead, job_dir, entry)
                 continue
-            run = await asyncio.to_thread(self._spawn, job_dir, entry)
-            if run is not None:
-                self._running[job_dir] = run
-                self.max_seen_running = max(self.max_seen_running, len(self._running))
+            event = self._busy[job_dir] = asyncio.Event()
+            picked.append((job_dir, entry, event))
+        return picked
+
+    async def _start(self, picked: list[tuple[Path, Path, asyncio.Event]]) -> None:
+        """Outside the lock: spawn each picked job, then book it under the lock."""
+        for job_dir, entry, event in picked:
+            try:
+                run = await asyncio.to_thread(self._spawn, job_dir, entry)
+            except BaseException:
+                self._busy.pop(job_dir, None)
+                event.set()
+                raise
+            async with self._lock:
+                self._busy.pop(job_dir, None)
+                if run is not None:
+                    self._running[job_dir] = run
+                    self.max_seen_running = max(self.max_seen_running, len(self._running))
+            event.set()
 
     def _spawn(self, job_dir: Path, entry: Path) -> _Running | None:
         pid = self._zygote_spawn(job_dir)
@@ -420,3 +462,14 @@ def _stamped_state(job_dir: Path) -> tuple[int | None, JobState | None]:
     return stamp, read_state(job_dir)
 
 
+class _Held:
+    """An already acquired asyncio.Lock, released on leaving the ``async with``."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self.lock = lock
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info) -> None:
+        self.lock.release()

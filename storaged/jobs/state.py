@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from storaged.procs import ProcessIdentity, read_pidfile
+from storaged.supervise.process import ProcessIdentity, read_pidfile
 from storaged.store.atomic import read_json, read_json_or
 
 CONFIG = "config.json"
@@ -85,6 +85,15 @@ def read_state(job_dir: Path) -> JobState | None:
         # A pid file we cannot parse was torn by nothing we wrote: treat it like a dead worker.
         return JobState(status="failed", error=INTERRUPTED, config=config)
     return JobState(status="queued", progress=None, config=config)
+
+
+def finished(job_dir: Path) -> bool:
+    """The job has its results and no live worker: it may be removed."""
+    state = read_state(job_dir)
+    if state is None or not state.final or state.results is None:
+        return False
+    worker = read_pidfile(Path(job_dir) / PIDFILE)
+    return worker is None or not worker.alive()
 
 
 def _read_results(job_dir: Path) -> dict[str, Any] | None:

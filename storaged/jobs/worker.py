@@ -20,7 +20,7 @@ from pathlib import Path
 from storaged.errors import StoragedError
 from storaged.jobs.context import JobContext
 from storaged.jobs.state import CONFIG, PIDFILE, RESULTS
-from storaged.media.ffmpeg import FFmpegError
+from storaged.supervise.ffmpeg import FFmpegError
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 
 log = logging.getLogger("storaged.worker")

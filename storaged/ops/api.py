@@ -1,20 +1,18 @@
-"""Operations: pins, /metrics, the janitor task and the request-metrics middleware."""
+"""Operations: /metrics, the janitor task and the request-metrics middleware."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from aiohttp import web
 
 from storaged.web import openapi
-from storaged.api.keys import CONFIG, JOBS, LAYOUT
-from storaged.ops import pins
+from storaged.api.keys import LAYOUT, Deps
 from storaged.ops.janitor import Janitor, JanitorTask, disk
 from storaged.ops.metrics import CONTENT_TYPE, Metrics, walk_usage
-from storaged.store.layout import check_object_id
 
 log = logging.getLogger("storaged.ops")
 
@@ -23,19 +21,19 @@ METRICS = web.AppKey("metrics", Metrics)
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
-    config = app[CONFIG]
-    janitor = JanitorTask(Janitor(app[LAYOUT], config), config.janitor_interval)
+def setup(app: web.Application, deps: Deps) -> None:
+    """The janitor and /metrics over every provider the families registered (set up after them)."""
+    config = deps.config
+    janitor = JanitorTask(Janitor(deps.layout, config, deps.providers), config.janitor_interval)
     app[JANITOR] = janitor
-    app[METRICS] = Metrics(lambda: _live(app))
+    app[METRICS] = Metrics(lambda: {"janitor": janitor.janitor, "jobs_supervised": len(deps.jobs.running_jobs())},
+                           providers=deps.providers)
+    for collector in deps.collectors:
+        app[METRICS].registry.register(collector)
     # Outermost, so it sees the status the client gets (after the error middleware rendered it).
     app.middlewares.insert(0, _metrics_middleware)
-    app.cleanup_ctx.append(_ops_ctx)
+    app.cleanup_ctx.append(lambda app: _ops_ctx(app, deps))
     app.add_routes(routes)
-    pin_answers = {"200": openapi.answer("the pin", openapi.obj(file_id={"type": "string"}, pinned={"type": "boolean"})),
-                   "400": "malformed file_id", "404": "file not found"}
-    openapi.describe("PUT /upload/{file_id}/pin", responses=pin_answers)
-    openapi.describe("DELETE /upload/{file_id}/pin", responses=pin_answers)
     openapi.describe("GET /metrics", responses={"200": openapi.answer("Prometheus text format", {"type": "string"},
                                                                       "text/plain")})
 
@@ -47,10 +45,10 @@ def poke_janitor(app: web.Application) -> None:
         janitor.poke()
 
 
-async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _ops_ctx(app: web.Application, deps: Deps) -> AsyncIterator[None]:
     janitor = app[JANITOR]
     janitor.start()
-    walker = asyncio.create_task(_usage_loop(app), name="usage-walk")
+    walker = asyncio.create_task(_usage_loop(app, deps), name="usage-walk")
     try:
         yield
     finally:
@@ -59,43 +57,16 @@ async def _ops_ctx(app: web.Application) -> AsyncIterator[None]:
         await janitor.close()
 
 
-async def _usage_loop(app: web.Application) -> None:
-    config = app[CONFIG]
-    interval = max(1.0, config.metrics_interval)
+async def _usage_loop(app: web.Application, deps: Deps) -> None:
+    interval = max(1.0, deps.config.metrics_interval)
     while True:
         try:
-            app[METRICS].usage = await asyncio.to_thread(walk_usage, app[LAYOUT], config)
+            app[METRICS].usage = await asyncio.to_thread(walk_usage, deps.layout, deps.config, deps.providers)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("usage walk failed; trying again later")
         await asyncio.sleep(interval)
-
-
-def _live(app: web.Application) -> dict[str, Any]:
-    out: dict[str, Any] = {"janitor": app[JANITOR].janitor}
-    jobs = app.get(JOBS)
-    if jobs is not None:
-        out["jobs_supervised"] = len(jobs.running_jobs())
-    try:
-        from storaged.recording.api import STREAMS
-    except ImportError:
-        STREAMS = None
-    streams = app.get(STREAMS) if STREAMS is not None else None
-    if streams is not None:
-        recorders = list(getattr(streams, "_recorders", {}).values())
-        out["recordings_active"] = sum(1 for r in recorders
-                                       if getattr(r, "proc", None) is not None and r.proc.alive())
-    try:
-        from storaged.camera.api import CAMERA
-    except ImportError:
-        CAMERA = None
-    camera = app.get(CAMERA) if CAMERA is not None else None
-    if camera is not None:
-        sups = list(camera.motion.supervisors.values())
-        out["motion_cameras_active"] = sum(1 for s in sups if s.running)
-        out["camera_restarts"] = sum(s.restarts for s in sups)
-    return out
 
 
 def route_label(request: web.Request) -> str:
@@ -137,19 +108,3 @@ async def metrics(request: web.Request) -> web.Response:
     m.disk = await asyncio.to_thread(disk, request.app[LAYOUT].root)
     body = await asyncio.to_thread(m.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-
-@routes.put("/upload/{file_id}/pin")
-async def pin(request: web.Request) -> web.Response:
-    """Pin a stored file: the janitor never deletes it (an explicit DELETE /upload/<id> still does)."""
-    oid = check_object_id(request.match_info["file_id"])
-    await asyncio.to_thread(pins.pin_blocking, request.app[LAYOUT], oid, True)
-    return web.json_response({"file_id": oid, "pinned": True})
-
-
-@routes.delete("/upload/{file_id}/pin")
-async def unpin(request: web.Request) -> web.Response:
-    """Unpin a stored file: it expires again like any upload."""
-    oid = check_object_id(request.match_info["file_id"])
-    await asyncio.to_thread(pins.pin_blocking, request.app[LAYOUT], oid, False)
-    return web.json_response({"file_id": oid, "pinned": False})

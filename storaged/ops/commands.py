@@ -1,27 +1,38 @@
-"""``storaged gc [--dry-run]`` and ``storaged fsck [--repair]``: safe off-line and against a live daemon."""
+"""``storaged gc [--dry-run]`` and ``storaged fsck [--repair]``: safe off-line and against a live daemon.
+
+Both take the same per-thing locks the daemon takes (objects, jobs,
+records) and never the daemon's owner lock (``locks/daemon.lock``), so
+they run beside a live ``storaged serve``.  The families' providers they
+ask are handed in by the command line (storaged.families).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from typing import Callable, Iterable
+
 from storaged.config import Config, ConfigError, add_bool_flag
 from storaged.ops.fsck import Fsck
 from storaged.ops.janitor import Janitor, format_report
+from storaged.provider import Provider
 from storaged.store.layout import Layout
+
+ProvidersFor = Callable[[Layout, Config], Iterable[Provider]]
 
 
 def _gc_args(parser: argparse.ArgumentParser) -> None:
     add_bool_flag(parser, "--dry-run", "dry_run", "print what would be deleted; delete nothing", default=False)
 
 
-def _gc(config: Config, args: argparse.Namespace) -> int:
+def _gc(config: Config, args: argparse.Namespace, providers: ProvidersFor) -> int:
     layout = Layout(config.data_dir)
     if not layout.root.is_dir():
         print(f"storaged gc: {layout.root} is not a directory")
         return 2
     try:
-        janitor = Janitor(layout, config)
+        janitor = Janitor(layout, config, providers(layout, config))
     except ConfigError as exc:
         print(f"storaged gc: {exc}")
         return 2
@@ -42,13 +53,14 @@ def _fsck_args(parser: argparse.ArgumentParser) -> None:
                         help="with --remote: also download N random remote copies and hash their bytes")
 
 
-def _fsck(config: Config, args: argparse.Namespace) -> int:
-    status = Fsck(Layout(config.data_dir), config, repair=args.repair, deep=args.deep).run()
+def _fsck(config: Config, args: argparse.Namespace, providers: ProvidersFor) -> int:
+    layout = Layout(config.data_dir)
+    status = Fsck(layout, config, providers(layout, config), repair=args.repair, deep=args.deep).run()
     if args.remote or args.remote_sample:
         from storaged.tier.check import check_remote
 
         try:
-            remote_problems = check_remote(Layout(config.data_dir), config, sys.stdout, args.remote_sample)
+            remote_problems = check_remote(layout, config, sys.stdout, args.remote_sample)
         except ConfigError as exc:
             print(f"storaged fsck --remote: {exc}", file=sys.stderr)
             return 2
@@ -57,8 +69,11 @@ def _fsck(config: Config, args: argparse.Namespace) -> int:
     return status
 
 
-COMMANDS = {
-    "gc": ("one janitor pass: delete expired data and free space (--dry-run: only print)", _gc_args, _gc),
-    "fsck": ("verify every object, JSON file, job and queue entry (--repair: set damage aside)",
-             _fsck_args, _fsck),
-}
+def commands(providers: ProvidersFor) -> dict:
+    """name -> (help, add_arguments(parser), run(config, args) -> exit code)."""
+    return {
+        "gc": ("one janitor pass: delete expired data and free space (--dry-run: only print); "
+               "safe beside a live daemon", _gc_args, lambda config, args: _gc(config, args, providers)),
+        "fsck": ("verify every object, JSON file, job, queue entry and reference (--repair: set damage aside); "
+                 "safe beside a live daemon", _fsck_args, lambda config, args: _fsck(config, args, providers)),
+    }

@@ -7,14 +7,20 @@ its ``meta.json``, size and ``the_file`` link compared; every JSON file of
 the tree is parsed (objects' own bytes are never parsed: an upload may be
 any file); every job directory (a directory with ``config.json``) is read
 like the runner reads it: an ``inrun.pid`` naming no live process is stale,
-a finished job whose results link to outputs that are not there is damaged;
-every queue entry must name a job that still waits or runs; temp files
+a finished job whose ``outputs`` are not there is damaged; every queue entry
+must be readable and name a job that still waits or runs, and nothing else
+may sit in ``jobs/`` or ``jobs/queue/``; every entry at the top of the data
+root must be an object fan-out directory, the store's own (``tmp``,
+``locks``, ``lost+found``, ``cache``, ``jobs``) or a directory a family's provider
+claims; every object a record or a queued job references must be stored.
+Then each family's provider runs its own checks (events whose session is
+gone, analysis outputs, recorded segments against their run's list: see
+storaged.provider and the families' provider.py).  Temp files
 (``*.tmp``) anywhere are strays once older than a minute and than
 ``temp_max_age`` (a SIGKILL leaves the temp of the write it interrupted beside
 its file; until that age it cannot be told from a write in flight), entries of
-``<data>/tmp`` once older than ``temp_max_age`` plus the daemon's sweep period and a minute; every recorded segment against its run's list (present,
-not empty, whole TS packets, timestamps spanning the listed duration; with
-``--deep`` ffprobe reads each one too; storaged.recording.index.check_run).
+``<data>/tmp`` once older than ``temp_max_age`` plus the daemon's sweep period and a minute.
+``--deep`` asks the providers for their slow checks too (ffprobe of every recorded segment).
 
 *Live daemon.*  fsck takes no lock for reading: objects are immutable and
 every other file is replaced by rename, so it reads whole files.  Before it
@@ -28,10 +34,12 @@ removes it when it reaps the worker).
 (a suffix ``.1``, ``.2``... when that name is taken), never deleted; a damaged
 ``results.json`` is replaced with failed results; a stale pid file is turned
 into failed results ("interrupted", like the runner does); dangling queue
-entries and stray temps are removed; a bad or unlisted segment moves to
-``lost+found`` (so the index no longer lists it) and a run's unfinished temp
-segments are finished or removed as the daemon does at start-up (only when
-no segmenter runs for that stream).
+entries and stray temps are removed; strays in the root and in ``jobs/``
+move to lost+found.  A reference to an object that is not stored is left
+as it is (the record is the user's: upload the bytes again, or edit the
+record).  Every repaired line says, after ``->``, what was done.  Each
+family's own checks and repairs (recorded segments against their run's
+list, analysis outputs, orphan events) are in its provider's ``fsck``.
 
 Exit status: 0 clean; 1 problems found (all repaired with ``--repair``);
 4 problems left after ``--repair``.
@@ -47,16 +55,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from filelock import Timeout
 
 from storaged.config import Config
+from storaged.config import human_size as human
+from storaged.jobs.queue import active_inputs, entries as queue_entries, queue_dir
 from storaged.jobs.state import CONFIG, FINAL, INTERRUPTED, PIDFILE, RESULTS, WORKER_LOG, log_tail
-from storaged.ops.janitor import human
-from storaged.ops.kinds import queue_entries
-from storaged.procs import read_pidfile
-from storaged.recording import index as segment_index
+from storaged.supervise.process import read_pidfile
+from storaged.provider import Provider, Scan, collect_references
 from storaged.store.atomic import (TMP_SUFFIX, fsync_dir, read_json, read_json_or, sync_lock, unlink_quiet,
                                    write_json)
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
@@ -67,7 +75,9 @@ from storaged.tier.sources import remote_state
 TEMP_GRACE = 60.0
 QUEUE_GRACE = 60.0
 LOST = "lost+found"
-_OUTPUT_LINK = re.compile(r"/download/([0-9a-f]{64})/analysis/([0-9a-f]{40})/([^/?#\s]+)")
+JOBS_TOP = "jobs"
+_QUEUE_NAME = re.compile(r"^\d{20}-[0-9a-f]+\.json$")
+_FANOUT = re.compile(r"^[0-9a-f]{2}$")
 
 
 @dataclass
@@ -82,10 +92,12 @@ class Problem:
 
 
 class Fsck:
-    def __init__(self, layout: Layout, config: Config, *, repair: bool = False, out: TextIO | None = None,
+    def __init__(self, layout: Layout, config: Config, providers: Iterable[Provider], *,
+                 repair: bool = False, out: TextIO | None = None,
                  err: TextIO | None = None, workers: int | None = None, deep: bool = False) -> None:
         self.deep = deep
         self.layout = layout
+        self.providers = list(providers)
         self.root = layout.root
         self.config = config
         self.repair = repair
@@ -93,7 +105,8 @@ class Fsck:
         self.err = err or sys.stderr
         self.workers = workers or max(1, min(4, os.cpu_count() or 1))
         self.problems: list[Problem] = []
-        self.counts = {"objects": 0, "bytes": 0, "json": 0, "jobs": 0, "queue": 0, "segments": 0}
+        self.counts = {"objects": 0, "bytes": 0, "json": 0, "jobs": 0, "queue": 0}
+        self.family_counts: dict[str, int] = {}  # what providers checked, by label ("recorded segments")
         self._job_dirs: list[Path] = []
 
     # -- driver -------------------------------------------------------------------
@@ -101,15 +114,19 @@ class Fsck:
         if not self.root.is_dir():
             print(f"fsck: {self.root} is not a directory", file=self.err)
             return 4
+        self.check_top()
         self.check_objects()
         self.walk_tree()
         self.check_jobs()
         self.check_queue()
-        self.check_segments()
+        self.check_references()
+        for provider in self.providers:
+            provider.fsck(self)
         c = self.counts
         left = [p for p in self.problems if not p.repaired]
         print(f"fsck: checked {c['objects']} objects ({human(c['bytes'])}), {c['json']} JSON files, "
-              f"{c['jobs']} jobs, {c['queue']} queue entries, {c['segments']} recorded segments; "
+              f"{c['jobs']} jobs, {c['queue']} queue entries"
+              + "".join(f", {n} {label}" for label, n in self.family_counts.items()) + "; "
               f"{len(self.problems)} problem(s)"
               + (f", {len(self.problems) - len(left)} repaired" if self.repair else ""), file=self.out)
         if not self.problems:
@@ -119,6 +136,60 @@ class Fsck:
     def report(self, problem: Problem) -> None:
         self.problems.append(problem)
         print(problem.line(), file=self.out, flush=True)
+
+    def count(self, label: str, n: int) -> None:
+        """A provider checked ``n`` more things of this kind (shown in the summary line)."""
+        self.family_counts[label] = self.family_counts.get(label, 0) + n
+
+    def problem(self, what: str, path: Path, detail: str, repair: Callable[[], str] | None = None) -> None:
+        """Report a problem a check found; with --repair, ``repair()`` fixes it and says what it did."""
+        problem = Problem(what, self.rel(path), detail)
+        if self.repair and repair is not None:
+            try:
+                problem.repaired = repair()
+            except OSError as exc:
+                problem.detail += f" (repair failed: {exc})"
+        self.report(problem)
+
+    # -- what sits where ------------------------------------------------------------
+    def check_top(self) -> None:
+        """Every entry at the top of the root belongs to the store, the job engine or a family."""
+        claimed = set(RESERVED_TOP) | {JOBS_TOP, self.layout.cache.name}
+        for provider in self.providers:
+            claimed.update(provider.top_dirs)
+        for name in sorted(os.listdir(self.root)):
+            path = self.root / name
+            if name in claimed or name.startswith("."):
+                continue
+            if _FANOUT.match(name) and path.is_dir() and not path.is_symlink():
+                continue
+            self.problem("stray", path, "not an object, the store's or any family's",
+                         lambda path=path: self.to_lost_found(path))
+        jobs = self.root / JOBS_TOP
+        for name in sorted(_listdir(jobs)):
+            if name != "queue":
+                self.problem("stray", jobs / name, "only queue/ belongs in jobs/",
+                             lambda path=jobs / name: self.to_lost_found(path))
+        for name in sorted(_listdir(queue_dir(self.layout))):
+            path = queue_dir(self.layout) / name
+            if _QUEUE_NAME.match(name) or name.endswith(TMP_SUFFIX):
+                continue
+            self.counts["queue"] += 1
+            self.problem("junk queue entry", path, "not a queue entry's name (<time_ns>-<hex>.json)",
+                         lambda path=path: self.to_lost_found(path))
+
+    def check_references(self) -> None:
+        """Objects that records and queued jobs point to must be stored."""
+        scan = Scan(self.layout, self.config)
+        refs = collect_references(self.providers, scan)
+        for oid, who in active_inputs(self.layout):
+            refs.add(oid, who)
+        for oid, whos in sorted(refs.objects.items()):
+            if (self.layout.object_dir(oid) / META).exists():
+                continue
+            for who in sorted(set(whos)):
+                self.problem("dangling reference", self.root / who.removeprefix("job "), f"points to object {oid}, which is not stored",
+                             lambda: "left as is: upload the bytes again, or change the record")
 
     def rel(self, path: Path) -> str:
         return os.path.relpath(path, self.root)
@@ -282,36 +353,6 @@ class Fsck:
                     problem.repaired += "; the job is marked failed"
         self.report(problem)
 
-    # -- recorded segments -------------------------------------------------------------
-    def check_segments(self) -> None:
-        """Every run's segments against its list (storaged.recording.index.check_run has the rules)."""
-        for sd in sorted((self.root / "streams").glob("[0-9]*")):
-            if not sd.is_dir():
-                continue
-            seg_dir = sd / "segments"
-            identity = read_pidfile(sd / "inrun.pid")
-            pid_data = read_json_or(sd / "inrun.pid", None)
-            live_run = pid_data.get("run") if identity is not None and identity.alive() \
-                and isinstance(pid_data, dict) else None
-            for run in segment_index.StreamIndex(seg_dir).runs():
-                self.counts["segments"] += len(segment_index.read_list(seg_dir / segment_index.list_name(run)))
-                finish = False
-                for path, kind, detail in segment_index.check_run(seg_dir, run, run == live_run, self.deep):
-                    problem = Problem(f"{kind} segment", self.rel(path), detail)
-                    if self.repair and kind in ("bad", "unlisted"):
-                        problem.repaired = self.to_lost_found(path)
-                        if kind == "bad":
-                            segment_index.note_absent(seg_dir, run, [f"{path.name}: {detail} (moved by fsck)"])
-                    elif self.repair and kind == "unfinished":
-                        finish = True
-                        problem.repaired = "finished or removed, as the daemon does at start-up"
-                    elif self.repair and kind == "missing":
-                        segment_index.note_absent(seg_dir, run, [f"{path.name}: lost (noted by fsck)"])
-                        problem.repaired = "noted as a known hole (clips report it as missing)"
-                    self.report(problem)
-                if finish:
-                    segment_index.finalize_run(seg_dir, run, live=False)
-
     # -- jobs and the queue -----------------------------------------------------------
     def check_jobs(self) -> None:
         for job_dir in self._job_dirs:
@@ -350,22 +391,14 @@ class Fsck:
             return
         if not isinstance(results, dict) or results.get("status", "done") != "done":
             return
-        missing = []
-        for s in _strings(results):
-            for fid, aid, name in _OUTPUT_LINK.findall(s):
-                target = self.layout.object_dir(fid) / "analysis" / aid / _unquote(name)
-                if not target.exists():
-                    missing.append(name)
         outputs = results.get("outputs")
-        if isinstance(outputs, list):
-            missing += [o for o in outputs if isinstance(o, str) and not (job_dir / o).exists()]
+        missing = [o for o in outputs if isinstance(o, str) and not (job_dir / o).exists()] \
+            if isinstance(outputs, list) else []
         if not missing:
             return
-        problem = Problem("damaged job", self.rel(job_dir),
-                          f"results list outputs that are missing: {', '.join(sorted(set(missing))[:5])}")
-        if self.repair:
-            problem.repaired = self.to_lost_found(job_dir) + " (ask again to redo it)"
-        self.report(problem)
+        self.problem("damaged job", job_dir,
+                     f"results list outputs that are missing: {', '.join(sorted(set(missing))[:5])}",
+                     lambda: self.to_lost_found(job_dir) + " (ask again to redo it)")
 
     def check_queue(self) -> None:
         now = time.time()
@@ -414,19 +447,8 @@ def _final(job_dir: Path) -> bool:
     return not isinstance(results, dict) or results.get("status", "done") in FINAL
 
 
-def _strings(obj: Any) -> Iterator[str]:
-    if isinstance(obj, str):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
-    elif isinstance(obj, list):
-        for v in obj:
-            yield from _strings(v)
-
-
-def _unquote(name: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(name)
-
+def _listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -1,23 +1,39 @@
-"""The janitor: retention by age, free space and quota.
+"""The janitor: retention by age, free space and quota.  It knows no family's files: it asks providers.
 
 Protocol
 --------
 One pass (blocking, in a thread or from ``storaged gc``):
 
-1. Read the job queue to learn what queued and running work needs
-   (storaged.ops.kinds.scan_guard); that, pinned objects and segments being
-   written are never deleted.
+1. *References.*  Every provider names the stored objects its records point
+   to (a session's video, a videostream's recording, a stream clip's mp4)
+   and the job queue names the inputs queued and running jobs declared
+   (storaged.jobs.queue).  A referenced object is never deleted, by age or
+   for space, while the reference exists; pinned objects neither.  Each
+   kind leaves out what is being written or read right now (the live
+   segment, the images of an export being made).
 2. *Age.*  Every kind with a maximum age (``retention_<kind>``, 0 = keep
    forever) loses its items older than that, oldest first.
 3. *Space.*  While the data filesystem has less free space than
    ``min_free`` (bytes or a percent of its size), or the data root holds more
-   than ``quota``, items go oldest first by tier: recordings and motion
-   images, then exports, clips and finished analyses, then uploads.
-4. At most ``janitor_max_files`` items go per pass; every deletion is logged.
+   than ``quota``, items go oldest first, tier by tier, but only of the kinds
+   ``space_kinds`` names (by default the ring-buffer data: recordings and
+   motion images) and never one younger than ``live_window``.  With a
+   storage tier that evicts, its local copies of bytes verified in the
+   bucket (kind ``remote_copies``, a SPARE kind) go first, whatever their
+   age: nothing is lost.  Uploads,
+   exports, clips, splits and analyses a user asked for go for space only
+   when ``space_kinds`` names them.  When nothing deletable is left the pass
+   says so at WARNING; writes that then meet a full disk answer 507 and
+   nothing acknowledged is touched.
+4. At most ``janitor_max_files`` items go per pass.  Every deletion is
+   logged: for age at INFO, for space at WARNING with what was freed and
+   why; both are counted in /metrics (``storaged_janitor_deleted_*`` and
+   ``storaged_janitor_space_deleted_*``) and ``storaged gc --dry-run`` lists
+   what a pass would delete and why.
 
-Each kind deletes its items with the locks its owners use (see kinds.py);
-an item whose lock is busy is skipped this pass.  A dry run walks the same
-way and deletes nothing.
+Each kind deletes its items with the locks its owners use (see the
+family's provider); an item whose lock is busy is skipped this pass.  A dry
+run walks the same way and deletes nothing.
 
 The daemon runs a pass at start, every ``janitor_interval``, and at once when
 poked (a write met a full disk: a 507 answer pokes it).
@@ -36,10 +52,12 @@ from typing import Iterable, Iterator
 
 from filelock import Timeout
 
-from storaged.config import Config, ConfigError, parse_size
-from storaged.ops.kinds import KINDS, Env, Item, Kind, scan_guard, tree_size
+from storaged.config import Config, ConfigError, human_age, parse_size
+from storaged.config import human_size as human
+from storaged.jobs.queue import active_inputs
+from storaged.provider import RING, SPARE, Item, Kind, Provider, References, Scan, collect_references
 from storaged.store.layout import Layout
-from storaged.tier.evict import kinds_for as eviction_kinds
+from storaged.store.tree import tree_size
 
 log = logging.getLogger("storaged.janitor")
 
@@ -62,22 +80,6 @@ def disk(root) -> tuple[int, int]:
     """(free bytes for us, total bytes) of the filesystem holding ``root``."""
     st = os.statvfs(root)
     return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-def human_age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 @dataclass
@@ -110,24 +112,48 @@ class PassReport:
         return sum(d.size for d in self.deletions if d.deleted)
 
 
+def space_kinds(config: Config, kinds: Iterable[Kind]) -> set[str]:
+    """The kinds free-space pressure may delete: those ``space_kinds`` names (``ring``: every ring-buffer kind)."""
+    known = {k.name: k for k in kinds}
+    raw = [n.strip() for n in str(config.space_kinds).split(",") if n.strip()]
+    unknown = [n for n in raw if n != RING and n not in known]
+    if unknown:
+        raise ConfigError(f"space_kinds: unknown kind(s) {', '.join(unknown)} "
+                          f"(known: {RING}, {', '.join(sorted(known))})")
+    out = {n for n in raw if n != RING} | {k.name for k in known.values() if k.space == SPARE}
+    if RING in raw:
+        out |= {k.name for k in known.values() if k.space == RING}
+    return out
+
+
 class Janitor:
-    def __init__(self, layout: Layout, config: Config, kinds: list[Kind] | None = None) -> None:
+    def __init__(self, layout: Layout, config: Config, providers: Iterable[Provider]) -> None:
         self.layout = layout
         self.config = config
-        # The storage tier's eviction goes first: it frees space without losing anything.
-        self.kinds = list(kinds) if kinds else eviction_kinds(config) + list(KINDS)
+        self.providers = list(providers)
+        self.kinds = [k for p in self.providers for k in p.kinds]
         parse_min_free(config.min_free, 100)  # a bad setting fails at start, not in a pass
+        self.space_kinds = space_kinds(config, self.kinds)
         self.passes = 0
         self.deleted_files: Counter[str] = Counter()
         self.deleted_bytes: Counter[str] = Counter()
+        self.space_deleted_files: Counter[str] = Counter()
+        self.space_deleted_bytes: Counter[str] = Counter()
         self.last_pass: float | None = None
         self.last_report: PassReport | None = None
         self.recent: deque[Deletion] = deque(maxlen=1000)  # the latest deletions, oldest first
 
+    def references(self, scan: Scan) -> References:
+        refs = collect_references(self.providers, scan)
+        for oid, who in active_inputs(self.layout):
+            refs.add(oid, who, job_input=True)
+        return refs
+
     # -- the pass ----------------------------------------------------------------
     def run_blocking(self, *, dry_run: bool = False, trigger: str = "manual") -> PassReport:
         cfg = self.config
-        env = Env(self.layout, cfg, scan_guard(self.layout))
+        env = Scan(self.layout, cfg)
+        env.refs = self.references(env)
         report = PassReport(dry_run=dry_run, trigger=trigger)
         budget = max(0, cfg.janitor_max_files)
         done: set[str] = set()
@@ -139,6 +165,8 @@ class Janitor:
                     return
                 if item.rel in done:
                     continue
+                if item.object_id is not None and env.refs.who(item.object_id):
+                    continue  # a provider listed a referenced object: references win
                 ok = dry_run or self._delete(env, item)
                 done.add(item.rel)
                 if ok is None:
@@ -153,7 +181,12 @@ class Janitor:
                     self.recent.append(d)
                     self.deleted_files[item.kind] += 1
                     self.deleted_bytes[item.kind] += item.size
-                    log.info("janitor: %s", d.line(False))
+                    if need is None:
+                        log.info("janitor: %s", d.line(False))
+                    else:
+                        self.space_deleted_files[item.kind] += 1
+                        self.space_deleted_bytes[item.kind] += item.size
+                        log.warning("janitor: %s; still %s to free", d.line(False), human(max(0, need[0])))
 
         # 1. age
         expired: list[Iterator[Item]] = []
@@ -179,26 +212,35 @@ class Janitor:
             need_free, need_quota = max(0, need_free - would), max(0, need_quota - would)
         need = [max(need_free, need_quota)]
         report.needed = need[0]
-        reason = "free space below min_free" if need_free >= need_quota else "data root above quota"
+        reason = (f"free space {human(free)} below min_free {cfg.min_free}" if need_free >= need_quota
+                  else f"data root above quota {human(cfg.quota)}")
+        floor = env.now - max(0.0, cfg.live_window)
         for tier in sorted({k.tier for k in self.kinds}):
             if need[0] <= 0 or budget <= 0:
                 break
-            kinds = [k for k in self.kinds if k.tier == tier]
-            candidates = heapq.merge(*(_oldest(k.items(env), budget + len(done)) for k in kinds),
-                                     key=lambda i: i.mtime)
+            kinds = [k for k in self.kinds if k.tier == tier and (k.name in self.space_kinds)]
+            if not kinds:
+                continue
+            # A spare copy loses nothing, so the live window does not hold it back.
+            candidates = heapq.merge(*(_oldest((i for i in k.items(env) if k.space == SPARE or i.mtime < floor),
+                                               budget + len(done))
+                                       for k in kinds), key=lambda i: i.mtime)
             take(candidates, reason, need)
         report.short = max(0, need[0])
         report.free_after = disk(self.layout.root)[0]
         if report.short and not dry_run:
             log.warning("janitor: still %s short of min_free/quota after deleting %d item(s)%s",
                         human(report.short), len(report.deletions),
-                        " (max files per pass reached)" if budget <= 0 else ": nothing else may be deleted")
+                        " (max files per pass reached)" if budget <= 0 else
+                        f": nothing else may be deleted (space_kinds: {', '.join(sorted(self.space_kinds))}; "
+                        f"nothing younger than live_window {human_age(cfg.live_window)}); "
+                        "writes that meet a full disk answer 507")
         self.passes += 1
         self.last_pass = time.time()
         self.last_report = report
         return report
 
-    def _delete(self, env: Env, item: Item) -> bool | None:
+    def _delete(self, env: Scan, item: Item) -> bool | None:
         """True when deleted; None when skipped (busy, pinned meanwhile, gone)."""
         kind = next(k for k in self.kinds if k.name == item.kind)
         try:

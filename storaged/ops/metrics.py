@@ -12,21 +12,21 @@ the services when the scrape happens.  Each app has its own
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from storaged.config import Config
+from storaged.jobs.queue import entries as queue_entries
 from storaged.jobs.state import read_state
-from storaged.ops.kinds import KINDS, Env, Guard, Kind, queue_entries
-from storaged.ops.pins import PIN
-from storaged.store.atomic import read_json_or
+from storaged.provider import Provider, Sample, Scan
 from storaged.store.layout import Layout
+from storaged.store.tree import subdirs
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -37,70 +37,47 @@ METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
 @dataclass
 class Usage:
     kinds: dict[str, tuple[int, int]] = field(default_factory=dict)
-    objects: int = 0
-    pinned: int = 0
     jobs: Tally = field(default_factory=Tally)
     queue: int = 0
-    stream_restarts: int = 0
+    samples: list[Sample] = field(default_factory=list)   # the families' own usage figures
     walked_at: float = 0.0
     duration: float = 0.0
 
 
-def _dirs(path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+def job_dirs(providers: Iterable[Provider]) -> Iterator[Path]:
+    """Every job directory the families keep (each names its job roots)."""
+    for provider in providers:
+        for root in provider.job_roots():
+            yield from subdirs(root)
 
 
-def job_dirs(layout: Layout) -> Iterator:
-    """Every job directory the families keep (analyses, camera exports, session splits, stream clips)."""
-    root = layout.root
-    for oid in layout.object_ids():
-        od = layout.object_dir(oid)
-        for name in _dirs(od / "analysis"):
-            yield od / "analysis" / name
-    for name in _dirs(root / "camera" / "processes"):
-        yield root / "camera" / "processes" / name
-    for split in _dirs(root / "sessions"):
-        if split.endswith(".split"):
-            for name in _dirs(root / "sessions" / split):
-                yield root / "sessions" / split / name
-    for sid in _dirs(root / "streams"):
-        for name in _dirs(root / "streams" / sid / "clips"):
-            yield root / "streams" / sid / "clips" / name
-
-
-def walk_usage(layout: Layout, config: Config, kinds: list[Kind] | None = None) -> Usage:
+def walk_usage(layout: Layout, config: Config, providers: Iterable[Provider]) -> Usage:
     """The figures a scrape shows.  Blocking: call in a thread."""
+    providers = list(providers)
     began = time.monotonic()
-    env = Env(layout, config, Guard(), usage=True)
+    scan = Scan(layout, config, usage=True)
     out = Usage()
-    for kind in kinds or KINDS:
-        size = files = 0
-        for item in kind.items(env):
-            size += item.size
-            files += item.files
-        out.kinds[kind.name] = (size, files)
-    for oid in layout.object_ids():
-        out.objects += 1
-        out.pinned += os.path.exists(layout.object_dir(oid) / PIN)
-    for jd in job_dirs(layout):
+    for provider in providers:
+        for kind in provider.kinds:
+            size = files = 0
+            for item in kind.items(scan):
+                size += item.size
+                files += item.files
+            out.kinds[kind.name] = (size, files)
+        out.samples.extend(provider.usage(scan))
+    for jd in job_dirs(providers):
         state = read_state(jd)
         if state is not None:
             out.jobs[state.status] += 1
     out.queue = len(queue_entries(layout))
-    for sid in _dirs(layout.root / "streams"):
-        state = read_json_or(layout.root / "streams" / sid / "state.json", None)
-        if isinstance(state, dict) and isinstance(state.get("restarts"), int):
-            out.stream_restarts += state["restarts"]
     out.walked_at = time.time()
     out.duration = time.monotonic() - began
     return out
 
 
 class Metrics:
-    def __init__(self, live: Callable[[], dict[str, Any]] = dict) -> None:
+    def __init__(self, live: Callable[[], dict[str, Any]] = dict, providers: Iterable[Provider] = ()) -> None:
+        self.providers = providers
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("storaged_http_requests", "HTTP requests by method, route template and status.",
                                 ["method", "route", "status"], registry=self.registry)
@@ -152,10 +129,6 @@ class _StateCollector:
         yield data_bytes
         yield data_files
         yield jobs
-        yield GaugeMetricFamily("storaged_objects", "Stored objects (cached walk).",
-                                value=u.objects if u else 0)
-        yield GaugeMetricFamily("storaged_objects_pinned", "Pinned objects (cached walk).",
-                                value=u.pinned if u else 0)
         yield GaugeMetricFamily("storaged_job_queue_entries", "Entries in the job queue (cached walk).",
                                 value=u.queue if u else 0)
         yield GaugeMetricFamily("storaged_usage_walk_timestamp_seconds", "When the usage walk last finished.",
@@ -168,17 +141,12 @@ class _StateCollector:
                                     "Free bytes (for the daemon) on the data filesystem.", value=free)
             yield GaugeMetricFamily("storaged_filesystem_size_bytes", "Size of the data filesystem.", value=total)
         live = m.live() or {}
-        yield GaugeMetricFamily("storaged_recordings_active", "Streams whose segmenter is running.",
-                                value=live.get("recordings_active", 0))
-        yield GaugeMetricFamily("storaged_motion_cameras_active", "Cameras whose motion ffmpeg is running.",
-                                value=live.get("motion_cameras_active", 0))
         yield GaugeMetricFamily("storaged_jobs_supervised", "Jobs the runner watches right now.",
                                 value=live.get("jobs_supervised", 0))
-        restarts = CounterMetricFamily("storaged_ffmpeg_restarts", "Restarts of supervised ffmpeg processes.",
-                                       labels=["family"])
-        restarts.add_metric(["streams"], u.stream_restarts if u else 0)
-        restarts.add_metric(["camera"], live.get("camera_restarts", 0))
-        yield restarts
+        samples = list(u.samples) if u else []
+        for provider in m.providers:
+            samples.extend(provider.live())
+        yield from _families(samples)
         janitor = live.get("janitor")
         passes = CounterMetricFamily("storaged_janitor_passes", "Janitor passes run.")
         passes.add_metric([], janitor.passes if janitor else 0)
@@ -187,11 +155,35 @@ class _StateCollector:
                                     labels=["kind"])
         size = CounterMetricFamily("storaged_janitor_deleted_bytes", "Bytes the janitor deleted, by kind.",
                                    labels=["kind"])
+        space_files = CounterMetricFamily("storaged_janitor_space_deleted_files",
+                                          "Items the janitor deleted to free space (min_free, quota), by kind.",
+                                          labels=["kind"])
+        space_size = CounterMetricFamily("storaged_janitor_space_deleted_bytes",
+                                         "Bytes the janitor deleted to free space (min_free, quota), by kind.",
+                                         labels=["kind"])
         if janitor is not None:
             for kind in janitor.kinds:
                 files.add_metric([kind.name], janitor.deleted_files.get(kind.name, 0))
                 size.add_metric([kind.name], janitor.deleted_bytes.get(kind.name, 0))
+                space_files.add_metric([kind.name], janitor.space_deleted_files.get(kind.name, 0))
+                space_size.add_metric([kind.name], janitor.space_deleted_bytes.get(kind.name, 0))
         yield files
         yield size
+        yield space_files
+        yield space_size
         yield GaugeMetricFamily("storaged_janitor_last_pass_timestamp_seconds", "When the last janitor pass ended.",
                                 value=(janitor.last_pass or 0) if janitor else 0)
+
+
+def _families(samples: Iterable[Sample]):
+    """Metric families from the families' samples: one per name, labels from its first sample."""
+    grouped: dict[str, list[Sample]] = {}
+    for sample in samples:
+        grouped.setdefault(sample.name, []).append(sample)
+    for name, group in grouped.items():
+        labels = [k for k, _v in group[0].labels]
+        cls = CounterMetricFamily if group[0].type == "counter" else GaugeMetricFamily
+        family = cls(name, group[0].help, labels=labels)
+        for sample in group:
+            family.add_metric([v for _k, v in sample.labels], sample.value)
+        yield family

@@ -13,14 +13,15 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import CONFIG, LAYOUT, OBJECTS, Deps
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
-from storaged.media import ffmpeg
 from storaged.playback import service
+from storaged.playback.provider import PlaybackProvider
 from storaged.playback.timeline import timeline_page
 from storaged.recording import index as idx
 from storaged.recording.api import STREAMS, timestamp
+from storaged.supervise import ffmpeg
 
 log = logging.getLogger("storaged.playback")
 routes = web.RouteTableDef()
@@ -28,9 +29,13 @@ CHUNK = 64 * 1024
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def setup(app: web.Application) -> None:
-    """Add the playback routes (the recording family must be set up first)."""
+PROVIDER = PlaybackProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add the playback routes (the recording family must be set up first).  It keeps no data of its own."""
     app.add_routes(routes)
+    deps.providers.append(PROVIDER(deps.layout, deps.config))
 
 
 async def _stream(request: web.Request) -> tuple[int, list[idx.Segment]]:

@@ -8,10 +8,11 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from storaged.api.bodies import json_object
-from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import Deps
 from storaged.config import ConfigError
 from storaged.errors import BadRequest
 from storaged.recording.clips import ClipService
+from storaged.recording.provider import RecordingProvider
 from storaged.recording.supervisor import StreamService
 
 STREAMS = web.AppKey("streams", StreamService)
@@ -23,22 +24,19 @@ routes = web.RouteTableDef()
 MIN_SEGMENT_TIME = 1.0
 
 
-def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
+PROVIDER = RecordingProvider
 
-    def catalogue():
-        # The videostreams family registers later in setup order; look it up when needed.
-        try:
-            from storaged.videostreams.api import VIDEOSTREAMS
-        except ImportError:
-            return None
-        return app.get(VIDEOSTREAMS)
 
-    config = app[CONFIG]
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes and services; runs appear as live videostreams in ``deps.videostreams``."""
+    config = deps.config
     if config.stream_segment_time < MIN_SEGMENT_TIME:
         raise ConfigError(f"stream_segment_time must be at least {MIN_SEGMENT_TIME:g} s")
-    app[STREAMS] = StreamService(app[LAYOUT], config, catalogue)
-    app[CLIPS] = ClipService(app[STREAMS], app[OBJECTS], config.stream_clip_wait)
+    app[STREAMS] = StreamService(deps.layout, config, deps.videostreams)
+    app[CLIPS] = ClipService(app[STREAMS], deps.objects, config.stream_clip_wait)
+    provider = PROVIDER(deps.layout, config)
+    provider.service = app[STREAMS]
+    deps.providers.append(provider)
     app.cleanup_ctx.append(_streams_ctx)
     app.add_routes(routes)
 

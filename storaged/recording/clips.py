@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from storaged.errors import BadRequest, StoragedError
-from storaged.media import ffmpeg
+from storaged.supervise import ffmpeg
 from storaged.recording import index as idx
 from storaged.recording.supervisor import StreamService
 from storaged.store.atomic import read_json_or, write_json
@@ -89,10 +89,6 @@ def plan(segments: list[idx.Segment], start: float, stop: float) -> dict[str, An
     return {"clips": clips, "covered": [interval(c["start"], c["stop"]) for c in clips], "missing": missing}
 
 
-def _quote(path: Path) -> str:
-    return "'" + str(path).replace("'", "'\\''") + "'"
-
-
 def concat_list(items, paths: list[Path]) -> tuple[str, float]:
     """An ffconcat script, and how many seconds before the first item's cut-in point the clip starts.
 
@@ -105,7 +101,7 @@ def concat_list(items, paths: list[Path]) -> tuple[str, float]:
     lines = ["ffconcat version 1.0"]
     lead = 0.0
     for i, ((seg, cut_in, cut_out), path) in enumerate(zip(items, paths)):
-        lines.append(f"file {_quote(path)}")
+        lines.append(f"file {ffmpeg.concat_quote(path)}")
         base = None
         if cut_in is not None or cut_out is not None:
             base = idx.ts_start_time(path) or 0.0

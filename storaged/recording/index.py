@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storaged.store.atomic import fsync_dir
+from storaged.supervise.ffmpeg import duration_of, probe_sync
 
 log = logging.getLogger("storaged.streams")
 
@@ -521,8 +522,6 @@ def check_run(seg_dir: Path, run: int, live: bool, deep: bool = False) -> list[t
     live run) and ``unlisted`` (a final name the list does not have).
     ``deep`` also has ffprobe read every present segment.
     """
-    from storaged.media.ffmpeg import probe_sync, duration_of
-
     run_dir = seg_dir / run_dir_name(run)
     try:
         present = set(os.listdir(run_dir))

@@ -30,8 +30,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from storaged.errors import BadRequest
-from storaged.media.ffmpeg import FFMPEG
-from storaged.procs import ProcessIdentity
+from storaged.supervise.ffmpeg import FFMPEG
+from storaged.supervise.process import ProcessIdentity, poll_gone, stop_sequence
 from storaged.recording.index import list_name, run_dir_name, segment_pattern
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 
@@ -210,22 +210,13 @@ class Segmenter:
         self._signal(signal.SIGINT)
 
     async def wait(self, timeout: float, interval: float = 0.05) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.alive():
-            if loop.time() > deadline:
-                return False
-            await asyncio.sleep(interval)
-        return True
+        return await poll_gone(self.alive, timeout, interval)
 
     async def stop(self, timeout: float = 5.0) -> bool:
-        """q (or SIGINT), TERM, KILL; True once the process is gone."""
-        for step in (self._quit, lambda: self._signal(signal.SIGTERM), lambda: self._signal(signal.SIGKILL)):
-            if not self.alive():
-                break
-            step()
-            if await self.wait(timeout):
-                break
+        """q (or SIGINT), TERM, KILL (the one stop sequence, see storaged.supervise); True once gone."""
+        if self.alive():
+            await stop_sequence([(self._quit, timeout), (lambda: self._signal(signal.SIGTERM), timeout),
+                                 (lambda: self._signal(signal.SIGKILL), timeout)], self.wait)
         gone = not self.alive()
         if gone:
             await asyncio.to_thread(self.forget_blocking)

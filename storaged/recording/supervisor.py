@@ -46,9 +46,8 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from storaged.backoff import Backoff
 from storaged.config import Config
 from storaged.errors import NotFound, StoragedError
 from storaged.recording import index as idx
@@ -56,6 +55,7 @@ from storaged.recording.segmenter import PIDFILE, Segmenter, check_url
 from storaged.store.atomic import read_json_or, unlink_quiet, write_json
 from storaged.store.layout import Layout
 from storaged.store.records import RecordStore
+from storaged.supervise.backoff import Backoff
 
 log = logging.getLogger("storaged.streams")
 
@@ -69,9 +69,17 @@ def stream_error(message: str, status: int = 500) -> StoragedError:
     return StoragedError(message, status=status)
 
 
+class LiveCatalogue(Protocol):
+    """Where a recording run appears as a live videostream (the videostreams catalogue)."""
+
+    async def start_live(self, stream_url: str, capturesource: int | None = None,
+                         start: datetime | None = None) -> dict[str, Any]: ...
+
+    async def end_live(self, record_id: Any, end: datetime | None = None) -> dict[str, Any]: ...
+
+
 class StreamService:
-    def __init__(self, layout: Layout, config: Config,
-                 catalogue: Callable[[], Any] = lambda: None) -> None:
+    def __init__(self, layout: Layout, config: Config, catalogue: LiveCatalogue | None = None) -> None:
         self.layout = layout
         self.config = config
         self.records = RecordStore(layout, KIND)
@@ -83,6 +91,10 @@ class StreamService:
         self._indexes: dict[int, idx.StreamIndex] = {}
 
     # -- paths and small helpers -------------------------------------------------
+    def active_recordings(self) -> int:
+        """Streams whose segmenter process is running right now (for /metrics)."""
+        return sum(1 for r in list(self._recorders.values()) if r.proc is not None and r.proc.alive())
+
     def stream_dir(self, stream_id: int) -> Path:
         return self.root / str(int(stream_id))
 
@@ -349,9 +361,9 @@ class StreamService:
 
     async def _run_began(self, stream_id: int, run: int, first: idx.Segment) -> None:
         """The run's first segment is listed: it appears as a live videostream."""
-        catalogue = self.catalogue()
+        catalogue = self.catalogue
         vid = None
-        if catalogue is not None and hasattr(catalogue, "start_live"):
+        if catalogue is not None:
             start = int(first.start)
             link = f"/streams/{stream_id}/get_clip?start={start}"
             try:
@@ -371,8 +383,8 @@ class StreamService:
         await self.update_state(stream_id, change)
 
     async def _live_end(self, vid: Any, end: float) -> None:
-        catalogue = self.catalogue()
-        if catalogue is None or not hasattr(catalogue, "end_live"):
+        catalogue = self.catalogue
+        if catalogue is None:
             return
         try:
             await catalogue.end_live(vid, datetime.fromtimestamp(max(end, 0), timezone.utc))
@@ -447,9 +459,7 @@ class Recorder:
                 await proc.stop(STOP_STEP_TIMEOUT)
             else:
                 await asyncio.to_thread(proc.forget_blocking)
-            if recorded:
-                backoff.succeeded()
-            delay = backoff.failed()
+            delay = backoff.restart_delay(did_work=recorded)
             log.warning("stream %d: run %d ended (%s); restarting in %.0fs", self.stream_id, proc.run,
                         reason, delay)
             self.proc = None

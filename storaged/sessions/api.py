@@ -11,8 +11,9 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from storaged.api.bodies import json_value
-from storaged.api.keys import ENSURE_LOCAL, JOBS, LAYOUT, OBJECTS
+from storaged.api.keys import Deps
 from storaged.errors import BadRequest
+from storaged.sessions.provider import SessionsProvider
 from storaged.sessions.service import MAX_SECONDS, SessionsService
 
 SESSIONS = web.AppKey("sessions", SessionsService)
@@ -231,8 +232,12 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     await service.close()
 
 
-def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
-    app[SESSIONS] = SessionsService(app[LAYOUT], app[OBJECTS], app[JOBS], app[ENSURE_LOCAL])
+PROVIDER = SessionsProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes and services to the app; register its provider."""
+    app[SESSIONS] = SessionsService(deps.layout, deps.objects, deps.jobs, deps.ensure_local)
+    deps.providers.append(PROVIDER(deps.layout, deps.config))
     app.cleanup_ctx.append(_sessions_ctx)
     app.add_routes(routes)

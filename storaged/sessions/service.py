@@ -68,7 +68,7 @@ from storaged.jobs.state import JobState
 from storaged.store.atomic import SharedExclusive, async_lock, read_json_or, write_json
 from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
-from storaged.store.objects import ObjectStore, now_iso
+from storaged.store.objects import ObjectStore, linked_object, now_iso
 from storaged.store.records import RecordStore
 
 log = logging.getLogger("storaged.sessions")
@@ -82,7 +82,6 @@ MAX_TYPE_CHARS = 200
 # microseconds, and a float near the top of its range has none (1e307 s made creates answer 500).
 MAX_SECONDS = 1e12
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_DOWNLOAD = re.compile(r"^(?:https?://[^/]+)?/download/([0-9a-f]{64})(?:/[^/?#]*)?(?:[?#].*)?$")
 
 
 # -- validation ----------------------------------------------------------------
@@ -403,9 +402,8 @@ class SessionsService:
     # -- splitting -------------------------------------------------------------
     async def resolve_source(self, video_url: str) -> tuple[str, str]:
         """(what ffmpeg reads, what identifies the video in the job id) for a session's video_url."""
-        m = _DOWNLOAD.match(video_url)
-        if m:
-            file_id = m.group(1)
+        file_id = linked_object(video_url)
+        if file_id is not None:
             try:
                 path, meta = await self.objects.open_path(file_id)
                 if self.ensure_local:
@@ -451,7 +449,8 @@ class SessionsService:
             job_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
             job_dir = self.split_dir(session_id) / job_id
             args = {"session_id": session_id, "source": source, "races": races, "accurate": accurate}
-            state = await self.jobs.submit(job_dir, SPLIT_KIND, args,
+            inputs = [linked_object(session["video_url"])] if source_key.startswith("object:") else []
+            state = await self.jobs.submit(job_dir, SPLIT_KIND, args, inputs=inputs,
                                            meta={"session_id": session_id, "job_id": job_id}, retry=True)
             await asyncio.to_thread(write_json, self.split_dir(session_id) / LATEST, {"job_id": job_id})
         if state.final:

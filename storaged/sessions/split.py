@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from storaged.errors import BadRequest
-from storaged.media import ffmpeg as ff
+from storaged.supervise import ffmpeg as ff
 
 # Seconds before a keyframe's decode time at which a copied clip is cut, so
 # that the keyframe itself passes ffmpeg's ``dts >= start`` test.

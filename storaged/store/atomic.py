@@ -25,6 +25,28 @@ loop, and coroutines of one process first queue in FIFO order on an
 in-process lock per path (``PathLock``), so they do not starve each other
 polling the file.  Writers of the same thing wait for each other; readers
 never wait.
+
+*The global lock order.*  Whoever holds more than one lock takes them in
+this order, outermost first, and never the other way round:
+
+1. ``locks/daemon.lock``: the data root's owner (storaged.store.owner), taken
+   once by ``serve`` and held for its life; nothing ever waits on it.
+2. A family's lock on a whole thing: ``locks/sessions/<id>.children.lock``
+   (a session's races, events and split), ``locks/camera-process/<id>.lock``
+   (an export), ``locks/uploads/<id>.lock`` (a tus upload; publishing it
+   commits an object under 4), a stream's in-process lock
+   (storaged.recording.supervisor).
+3. Record locks: ``locks/<kind>/.create.lock`` (never nested with another
+   record's lock) and ``locks/<kind>/<id>.lock``.
+4. Object locks: ``locks/objects/<id>.lock`` (POST /analyse submits its job
+   under it, after the storage tier fetched evicted bytes back under it;
+   pins, commits, deletes, eviction, fsck and the janitor take it).
+5. The job runner's in-process ``asyncio.Lock`` (storaged.jobs.runner):
+   innermost.  The runner takes no other lock while holding it, and never
+   holds it across stopping or starting a process.
+
+The janitor and fsck take locks 2 and 4 without waiting (``timeout=0``) and
+skip a busy thing for the next pass, so a pass never queues behind a request.
 """
 
 from __future__ import annotations
@@ -33,6 +55,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +85,14 @@ def raise_storage_fault(exc: OSError) -> None:
         raise fault from exc
 
 
-def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
-    """Atomically replace ``final`` with ``data``.  Blocking: call in a thread.
+def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True,
+                exclusive: bool = False) -> bool:
+    """Atomically replace ``final`` with ``data``; answers True.  Blocking: call in a thread.
 
     ``sync_dir`` False leaves the directory's fsync to the caller (a group
     commit, :class:`DirSync`); the name is not durable until it happens.
+    ``exclusive``: never replace; publish with ``os.link`` (see :func:`publish`) and answer False,
+    writing nothing, when ``final`` already exists.
     """
     final = Path(final)
     tmp = temp_name(final)
@@ -76,6 +102,8 @@ def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: boo
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())
+        if exclusive:
+            return publish(tmp, final)
         os.rename(tmp, final)
     except OSError as exc:
         unlink_quiet(tmp)
@@ -86,6 +114,7 @@ def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: boo
         raise
     if durable and sync_dir:
         fsync_dir(final.parent)
+    return True
 
 
 def dumps(obj: Any) -> bytes:
@@ -113,6 +142,45 @@ def unlink_quiet(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def trash(path: Path, tmp_dir: Path) -> None:
+    """Make ``path`` (a file or a directory) disappear in one step, then remove it.
+
+    It is renamed into ``tmp_dir`` (``<data>/tmp``, same filesystem) and the
+    rename made durable before the slow removal: a reader sees the whole
+    thing or nothing, and a crash leaves at most a ``.trash-*`` entry in tmp
+    (swept at start-up by age).  Blocking: call in a thread.
+    """
+    path = Path(path)
+    Path(tmp_dir).mkdir(parents=True, exist_ok=True)
+    dest = Path(tmp_dir) / f".trash-{path.name[:24]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+    os.rename(path, dest)
+    fsync_dir(path.parent)
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest, ignore_errors=True)
+    else:
+        unlink_quiet(dest)
+
+
+def publish(tmp: Path, final: Path) -> bool:
+    """Give the complete, fsynced ``tmp`` the name ``final`` unless that name exists; drop ``tmp``.
+
+    ``os.link`` never replaces: for names that must never be overwritten (an
+    id names its bytes; an image name is its capture time) EEXIST means the
+    thing is already there, which is success for the caller.  Answers whether
+    this call created ``final``.  Blocking: call in a thread.
+    """
+    try:
+        os.link(tmp, final)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        unlink_quiet(tmp)
+    if created:
+        fsync_dir(Path(final).parent)
+    return created
 
 
 _LOCK_DIRS: set[str] = set()  # lock directories known to exist (they are never removed while running)

@@ -53,6 +53,10 @@ class Layout:
         check_object_id(object_id)
         return self.root / object_id[:2] / object_id[2:]
 
+    def analyses_dir(self, object_id: str) -> Path:
+        """Where the jobs on an object live (they go when the object goes)."""
+        return self.object_dir(object_id) / "analysis"
+
     def object_lock(self, object_id: str) -> Path:
         check_object_id(object_id)
         return self.locks / "objects" / f"{object_id}.lock"

@@ -72,6 +72,7 @@ from storaged.store.atomic import (
     raise_storage_fault,
     read_json,
     sync_lock,
+    trash,
     unlink_quiet,
     write_json,
 )
@@ -119,6 +120,17 @@ def safe_filename(name: str | None) -> str:
 
 def download_link(meta: dict[str, Any]) -> str:
     return f"/download/{meta['file_id']}/{quote(meta['stored_name'])}"
+
+
+_DOWNLOAD_LINK = re.compile(r"^(?:https?://[^/]+)?/download/([0-9a-f]{64})(?:/[^/?#]*)?(?:[?#].*)?$")
+
+
+def linked_object(url: Any) -> str | None:
+    """The object id a ``/download/<id>[/<name>]`` link (relative or absolute) names; None for anything else."""
+    if not isinstance(url, str):
+        return None
+    m = _DOWNLOAD_LINK.match(url)
+    return m.group(1) if m else None
 
 
 def guess_type(name: str) -> str:
@@ -400,10 +412,7 @@ class ObjectStore:
         final = self.layout.object_dir(oid)
         if not final.is_dir():
             raise NotFound(f"file not found: {oid}")
-        trash = self.layout.tmp / f".trash-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
-        os.rename(final, trash)
-        fsync_dir(final.parent)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash(final, self.layout.tmp)
 
     # -- housekeeping ------------------------------------------------------
     def sweep_temps(self, max_age: float) -> list[str]:

@@ -12,13 +12,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from storaged.web import landing, openapi
 from storaged.web.page import esc, human_duration, human_size, table
-from storaged.api.keys import AFTER_PUT, CONFIG, ENSURE_LOCAL, LAYOUT, READ_THROUGH
+from storaged.api.keys import LAYOUT, Deps
 from storaged.errors import StoragedError
-from storaged.store.atomic import async_lock
-from storaged.ops.api import METRICS
 from storaged.tier import settings as tier_settings
 from storaged.tier.client import TierError
-from storaged.tier.evict import bytes_key
+from storaged.tier.evict import bytes_key, providers_for
 from storaged.tier.service import Tier, evicted, fetch_back_blocking
 
 log = logging.getLogger("storaged.tier")
@@ -27,22 +25,23 @@ TIER = web.AppKey("tier", Tier)
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, deps: Deps) -> None:
     """Add the tier when ``tier_bucket`` is set (settings errors fail the start, with their reason)."""
-    config = app[CONFIG]
+    config = deps.config
     app.add_routes(routes)
-    app[METRICS].registry.register(_TierCollector(app))
+    deps.collectors.append(_TierCollector(app))
+    deps.providers.extend(providers_for(deps.layout, config))
     openapi.describe("GET /tier", responses={"200": openapi.answer(
         "the tier's state", openapi.obj(("enabled",), enabled={"type": "boolean"}, backlog={"type": "integer"},
                                         backlog_bytes={"type": "integer"}, oldest_age={"type": ["number", "null"]},
                                         last_error={"type": ["string", "null"]}))})
     if not tier_settings.enabled(config):
         return
-    tier = Tier(app[LAYOUT], tier_settings.load(config))
+    tier = Tier(deps.layout, tier_settings.load(config))
     app[TIER] = tier
-    app[AFTER_PUT].append(lambda meta: on_put(tier, meta))
-    app[READ_THROUGH].append(read_through)
-    app[ENSURE_LOCAL].append(lambda oid, meta: ensure_local(tier, oid, meta))
+    deps.after_put.append(lambda meta: on_put(tier, meta))
+    deps.read_through.append(read_through)
+    deps.ensure_local.append(lambda oid, meta: ensure_local(tier, oid, meta))
     app.cleanup_ctx.append(_tier_ctx)
     landing.add_section(app, tier_section, 60)
 

@@ -7,8 +7,8 @@ An object whose ``remote.json`` records its bytes verified in the bucket
 bytes under disk pressure; its directory keeps ``meta.json``,
 ``remote.json``, the ``the_file`` link (dangling while evicted) and its
 analyses.  Never evicted: an object without such a record (not yet verified
-remote), a pinned one, one a queued or running job needs (the janitor's
-guard), one with an analysis not finished.  The bytes are unlinked under the
+remote), a pinned one, one a queued or running job declared as its input
+(storaged.jobs.queue; an analysis declares its object).  The bytes are unlinked under the
 object's lock (taken without waiting: a busy object is skipped this pass),
 after the record and the pin are read again under it.  An evicted object is
 served from the bucket (read-through) and fetched back before an analysis.
@@ -20,8 +20,11 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from storaged.ops.kinds import Env, Item, Kind, _busy_analyses
-from storaged.ops.pins import PIN
+from storaged.config import Config
+from storaged.files.pins import PIN
+from storaged.jobs.queue import active_inputs
+from storaged.provider import SPARE, Item, Kind, Provider, Scan
+from storaged.store.layout import Layout
 from storaged.store.atomic import fsync_dir, read_json, sync_lock, unlink_quiet
 from storaged.store.objects import META
 from storaged.tier.sources import remote_state
@@ -40,10 +43,10 @@ def verified_remote(state: dict | None, oid: str, size: int) -> bool:
     return isinstance(rec, dict) and rec.get("sha256") == oid and rec.get("size") == size
 
 
-def evictable(env: Env) -> Iterator[Item]:
+def evictable(env: Scan) -> Iterator[Item]:
     for oid in env.layout.object_ids():
         od = env.layout.object_dir(oid)
-        if oid in env.guard.object_ids or os.path.exists(od / PIN):
+        if oid in env.refs.inputs or os.path.exists(od / PIN):
             continue
         state = remote_state(env.layout, oid)
         if state is None:
@@ -59,11 +62,13 @@ def evictable(env: Env) -> Iterator[Item]:
                    extra={"object": oid})
 
 
-def evict(env: Env, item: Item) -> bool:
+def evict(env: Scan, item: Item) -> bool:
     oid = item.extra["object"]
     od = env.layout.object_dir(oid)
     with sync_lock(env.layout.object_lock(oid), timeout=0):
-        if not item.path.exists() or (od / PIN).exists() or _busy_analyses(od):
+        if not item.path.exists() or (od / PIN).exists():
+            return False
+        if any(used == oid for used, _who in active_inputs(env.layout)):
             return False
         if not verified_remote(remote_state(env.layout, oid), oid, os.stat(item.path).st_size):
             return False
@@ -72,9 +77,21 @@ def evict(env: Env, item: Item) -> bool:
     return True
 
 
-KIND = Kind(KIND_NAME, "", -1, evictable, evict, "local bytes of objects verified in the storage tier")
+KIND = Kind(KIND_NAME, "", -1, evictable, evict, SPARE, "local bytes of objects verified in the storage tier")
 
 
-def kinds_for(config) -> list[Kind]:
-    """The tier's janitor kinds for these settings (none when the tier is off or eviction is)."""
-    return [KIND] if config.tier_bucket and config.tier_evict else []
+class TierProvider(Provider):
+    """The tier's part in retention and fsck: it owns ``<data>/tier/`` (its outbox and state) and, when
+    it evicts, its evictable local copies are the janitor's first tier under space pressure."""
+
+    name = "tier"
+    top_dirs = ("tier",)
+
+    def __init__(self, layout: Layout, config: Config) -> None:
+        self.layout = layout
+        self.kinds = (KIND,) if config.tier_bucket and config.tier_evict else ()
+
+
+def providers_for(layout: Layout, config: Config) -> list[Provider]:
+    """The tier's provider for these settings (it claims its directory even when the tier is off)."""
+    return [TierProvider(layout, config)]

@@ -43,7 +43,7 @@ our ``sha256`` metadata.  Only then is ``remote.json`` written beside the
 item (``{bucket, endpoint, files: {rel: {key, size, sha256, etag}}, verified}``).
 
 *Failures.*  A failed item waits 1 s, 2 s, 4 s… up to ``tier_retry_max_backoff``
-(storaged.backoff) by its attempts and is tried again; the error is logged
+(storaged.supervise.backoff) by its attempts and is tried again; the error is logged
 when it changes and shown in /metrics (``storaged_tier_last_error``).
 Nothing is ever dropped because the engine is down or refuses us.
 
@@ -64,11 +64,11 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from storaged.backoff import Backoff
+from storaged.supervise.backoff import Backoff
+from storaged.store.objects import now_iso
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
 from storaged.tier.client import S3, TierError, md5_etag, multipart_etag
@@ -85,10 +85,6 @@ AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "In
 
 class Stopping(Exception):
     """The tier is closing: leave the entry as it is."""
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def explain(exc: BaseException) -> str:

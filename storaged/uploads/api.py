@@ -16,10 +16,11 @@ from aiohttp import web
 
 from storaged.web import openapi
 from storaged.api.expect import continue_unless
-from storaged.api.keys import CONFIG, LAYOUT, OBJECTS
+from storaged.api.keys import OBJECTS, Deps
 from storaged.errors import BadRequest, StoragedError
 from storaged.store.objects import download_link
 from storaged.uploads.layout import UPLOAD_ID_RE, check_upload_id
+from storaged.uploads.provider import UploadsProvider
 from storaged.uploads.service import (CHECKSUMS, EXTENSIONS, TUS_VERSION, Uploads, is_complete, is_final,
                                       metadata_view, parse_checksum)
 
@@ -38,11 +39,15 @@ _NUMBER = re.compile(r"^[0-9]{1,19}$")
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
-    config = app[CONFIG]
-    app[UPLOADS] = Uploads(app[LAYOUT], app[OBJECTS], max_size=config.max_upload_size,
+PROVIDER = UploadsProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes and services to the app; register its provider."""
+    config = deps.config
+    app[UPLOADS] = Uploads(deps.layout, deps.objects, max_size=config.max_upload_size,
                            expiry=config.tus_expiry, chunk_size=config.upload_chunk_size)
+    deps.providers.append(PROVIDER(deps.layout, config))
     app.middlewares.insert(0, tus_middleware)  # outermost: every answer, errors and 401 too
     app.cleanup_ctx.append(_recover_ctx)
     app.add_routes(routes)

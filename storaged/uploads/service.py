@@ -65,7 +65,6 @@ import binascii
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -76,7 +75,8 @@ from typing import Any, AsyncIterable, Iterator
 from filelock import Timeout
 
 from storaged.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, StoragedError
-from storaged.store.atomic import TMP_SUFFIX, async_lock, fsync_dir, raise_storage_fault, read_json, sync_lock, write_json
+from storaged.store.atomic import (TMP_SUFFIX, async_lock, fsync_dir, raise_storage_fault, read_json, sync_lock, trash,
+                                   write_json)
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore, now_iso
 from storaged.uploads.layout import DATA, INFO, UploadLayout, check_upload_id, new_upload_id
@@ -593,10 +593,7 @@ def _fsync_file(path: Path) -> None:
 
 def _trash(layout: Layout, path: Path) -> None:
     """The directory disappears in one step (renamed into tmp), then is removed."""
-    trash = layout.tmp / f".trash-tus-{path.name}-{secrets.token_hex(4)}{TMP_SUFFIX}"
-    os.rename(path, trash)
-    fsync_dir(path.parent)
-    shutil.rmtree(trash, ignore_errors=True)
+    trash(path, layout.tmp)
 
 
 # -- expiry (the janitor's part) -----------------------------------------------------------

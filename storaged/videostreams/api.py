@@ -10,9 +10,10 @@ from typing import Any, AsyncIterator
 from aiohttp import web
 
 from storaged.api.bodies import json_object
-from storaged.api.keys import CONFIG, LAYOUT
+from storaged.api.keys import CONFIG, Deps
 from storaged.errors import BadRequest
 from storaged.videostreams import times
+from storaged.videostreams.provider import VideostreamsProvider
 from storaged.videostreams.service import RECORD_SCHEMA, VideostreamCatalogue
 
 log = logging.getLogger("storaged.videostreams")
@@ -23,9 +24,13 @@ RECORD_KEYS = tuple(RECORD_SCHEMA["properties"])  # what format=key1,key2 may na
 routes = web.RouteTableDef()
 
 
-def setup(app: web.Application) -> None:
-    """Add this family's routes and services to the app."""
-    app[VIDEOSTREAMS] = VideostreamCatalogue(app[LAYOUT])
+PROVIDER = VideostreamsProvider
+
+
+def setup(app: web.Application, deps: Deps) -> None:
+    """Add this family's routes and services to the app; offer its catalogue to the families set up later."""
+    app[VIDEOSTREAMS] = deps.videostreams = VideostreamCatalogue(deps.layout)
+    deps.providers.append(PROVIDER(deps.layout, deps.config))
     app.cleanup_ctx.append(_catalogue_ctx)
     app.add_routes(routes)
 

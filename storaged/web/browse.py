@@ -174,6 +174,10 @@ async def describe_data(request: web.Request, rel: str, entries: list[dict]) -> 
     return {}
 
 
+def setup(app: web.Application, deps: object = None) -> None:
+    app.add_routes(routes)
+
+
 @routes.get("/data")
 async def data_root(request: web.Request) -> web.StreamResponse:
     """Redirect to /data/."""

@@ -289,7 +289,7 @@ async def landing(request: web.Request) -> web.Response:
     return web.Response(text=page("storaged", "".join(parts)), content_type="text/html")
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, deps: object = None) -> None:
     for order, render in BUILTIN:
         add_section(app, render, order)
     app.add_routes(routes)

@@ -195,6 +195,12 @@ OPERATIONS: dict[str, dict[str, Any]] = {
                                                                                     "pinned": _BOOL,
                                                                                     "download": _STR}}),
                                                     _400, _404)},
+    "PUT /upload/{file_id}/pin": {"path": {"file_id": _OBJECT_ID},
+                                  "responses": _answers(answer("the pin", obj(file_id=_OBJECT_ID, pinned=_BOOL)),
+                                                        _400, _404)},
+    "DELETE /upload/{file_id}/pin": {"path": {"file_id": _OBJECT_ID},
+                                     "responses": _answers(answer("the pin", obj(file_id=_OBJECT_ID, pinned=_BOOL)),
+                                                           _400, _404)},
     "DELETE /upload/{file_id}": {"path": {"file_id": _OBJECT_ID},
                                  "responses": _answers(answer("deleted", obj(file_id=_OBJECT_ID,
                                                                              deleted={"const": True})),
@@ -558,7 +564,7 @@ async def docs(request: web.Request) -> web.Response:
     return web.Response(text=request.app[DOCS_KEY], content_type="text/html")
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application, deps: object = None) -> None:
     """Call last in create_app: the document is built from the routes present then."""
     app.add_routes(routes)
     app[SPEC_KEY] = build(app)

@@ -14,6 +14,8 @@ import html
 from datetime import datetime, timezone
 from urllib.parse import quote
 
+from storaged.config import human_size as config_human_size
+
 STYLE = """
 *{box-sizing:border-box}
 body{font-family:system-ui,sans-serif;margin:0 auto;padding:0 1em 2em;max-width:72em;line-height:1.4;color:#222}
@@ -88,14 +90,8 @@ def plural(n: int, word: str) -> str:
 
 
 def human_size(n: int | None) -> str:
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(n)
+    """Bytes in binary units for a page; empty for an unknown size."""
+    return "" if n is None else config_human_size(n)
 
 
 def human_duration(seconds: float | None) -> str:

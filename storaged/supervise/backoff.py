@@ -3,6 +3,11 @@
 Waits start at ``first`` seconds and double after each failure up to
 ``longest``; a success resets them.  A little jitter (up to 10 %) keeps many
 retriers (outbox entries, restarted processes) from waking in lock step.
+
+*Restarting a supervised process* (the segmenter, a camera's ffmpeg):
+:meth:`Backoff.restart_delay` after each run; the reset rule is that a run
+that did useful work (recorded a segment, saved an image) or lasted longer
+than ``longest`` counts as a success, so the next wait is ``first`` again.
 """
 
 from __future__ import annotations
@@ -32,3 +37,9 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.failures = 0
+
+    def restart_delay(self, *, did_work: bool, ran_for: float = 0.0) -> float:
+        """The wait before restarting a process whose run just ended (see the reset rule above)."""
+        if did_work or ran_for > self.longest:
+            self.succeeded()
+        return self.failed()

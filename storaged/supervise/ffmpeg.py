@@ -19,9 +19,10 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from storaged.errors import StoragedError
+from storaged.supervise.process import stop_sequence
 
 log = logging.getLogger("storaged.ffmpeg")
 
@@ -92,28 +93,41 @@ async def drain_lines(stream: asyncio.StreamReader, keep: collections.deque, on_
             keep.append(text)
 
 
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 5.0, *, send_q: bool = True) -> int:
-    """End ffmpeg gracefully: ``q`` (when stdin is a pipe), then TERM, then KILL."""
+def concat_quote(path: Path) -> str:
+    """A path quoted for an ffconcat ``file`` line."""
+    return "'" + str(path).replace("'", "'\\''") + "'"
+
+
+def waiter(proc: asyncio.subprocess.Process) -> Callable[[float], Awaitable[bool]]:
+    """``gone(timeout)`` for :func:`storaged.supervise.process.stop_sequence` on our own child."""
+    async def gone(timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+    return gone
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 5.0, *, send_q: bool = True,
+                       extra_term: bool = False, first_wait: float | None = None) -> int:
+    """End ffmpeg gracefully: ``q`` (when stdin is a pipe), then TERM, then KILL.
+
+    ffmpeg checks ``q`` and its first TERM only between packets; while it waits
+    on a silent source only a second TERM interrupts the read (``extra_term``).
+    ``first_wait`` bounds the waits after the polite steps (default ``timeout``).
+    """
     if proc.returncode is not None:
         return proc.returncode
-    steps: list[Callable[[], None]] = []
+    polite = timeout if first_wait is None else first_wait
+    steps: list[tuple[Callable[[], object], float]] = []
     if send_q and proc.stdin is not None:
-        def send_quit() -> None:
-            try:
-                proc.stdin.write(b"q\n")
-            except (BrokenPipeError, ConnectionResetError, RuntimeError):
-                pass
-        steps.append(send_quit)
-    steps += [lambda: proc.send_signal(signal.SIGTERM), proc.kill]
-    for step in steps:
-        try:
-            step()
-        except ProcessLookupError:
-            pass
-        try:
-            return await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            continue
+        steps.append((lambda: proc.stdin.write(b"q\n"), polite))
+    steps.append((lambda: proc.send_signal(signal.SIGTERM), polite))
+    if extra_term:
+        steps.append((lambda: proc.send_signal(signal.SIGTERM), timeout))
+    steps.append((proc.kill, timeout))
+    await stop_sequence(steps, waiter(proc))
     return await proc.wait()
 
 

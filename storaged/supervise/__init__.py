@@ -1,0 +1,1 @@
+"""Running and supervising processes: ffmpeg/ffprobe runs, process identity, the stop sequence, restart backoff."""

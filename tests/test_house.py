@@ -1,0 +1,94 @@
+"""One owner per data root; the job runner never holds its lock across stopping a process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from storaged.supervise.process import ProcessIdentity
+from tests.helpers import free_port, wait_until, wait_until_sync
+
+
+def test_a_second_serve_on_the_same_root_exits_at_once_naming_the_holder(daemon, tmp_path: Path):
+    first = daemon()
+    began = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "storaged", "serve", "--port", str(free_port()),
+                             "--data-dir", str(first.data_dir)], capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert f"already served by pid {first.proc.pid}" in second.stderr, second.stderr
+    assert "daemon.lock" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1  # one clear line, no traceback
+    assert time.monotonic() - began < 30
+    # The lock file stays, naming the live owner; the first daemon is untouched.
+    assert (first.data_dir / "locks" / "daemon.lock").read_text().strip() == str(first.proc.pid)
+    assert first.proc.poll() is None
+    # fsck and gc are safe beside the live daemon: they do not need the owner lock.
+    fsck = subprocess.run([sys.executable, "-m", "storaged", "fsck", "--data-dir", str(first.data_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    # Once the owner is gone (even killed), the root can be served again.
+    first.kill()
+    again = daemon(data_dir=first.data_dir)
+    assert (again.data_dir / "locks" / "daemon.lock").read_text().strip() == str(again.proc.pid)
+
+
+def _term_ignoring_worker() -> subprocess.Popen:
+    code = ("import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"ready"  # TERM is ignored from here on
+    proc.stdout.close()
+    return proc
+
+
+async def test_deleting_a_job_whose_worker_ignores_term_does_not_delay_a_concurrent_analyse(
+        make_client, data_dir):
+    client = await make_client(job_stop_timeout=4.0)
+    resp = await client.post("/upload", params={"name": "a.bin"}, data=io.BytesIO(b"some bytes" * 100))
+    file_id = (await resp.json())["file_id"]
+    await client.close()
+    # A running analysis whose worker ignores TERM, adopted by the next daemon like any live worker.
+    worker = _term_ignoring_worker()
+    try:
+        aid = "e" * 40
+        job = data_dir / file_id[:2] / file_id[2:] / "analysis" / aid
+        job.mkdir(parents=True)
+        (job / "config.json").write_text(json.dumps({"kind": "storaged.analyses.work:run", "args": {"seconds": 0},
+                                                     "analysis": "dummy", "file_id": file_id}))
+        (job / "inrun.pid").write_text(json.dumps(ProcessIdentity.of(worker.pid).to_json()))
+        (data_dir / "jobs" / "queue").mkdir(parents=True, exist_ok=True)
+        (data_dir / "jobs" / "queue" / "00000000000000000001-aaaa.json").write_text(
+            json.dumps({"job_dir": os.path.relpath(job, data_dir)}))
+        client = await make_client(job_stop_timeout=4.0)
+        running = await client.get(f"/results/{file_id}/{aid}")
+        assert running.status == 202 and running.headers["X-Job-Status"] == "running"
+
+        began = time.monotonic()
+        delete = asyncio.create_task(client.delete(f"/results/{file_id}/{aid}"))
+        # The DELETE is waiting out the worker (TERM ignored: stop timeout, then KILL).
+        await wait_until(lambda: asyncio.sleep(0, worker.poll() is None and time.monotonic() - began > 0.3),
+                         what="the DELETE to be under way")
+        posted = time.monotonic()
+        resp = await client.post("/analyse", json={"file_id": file_id, "analysis": "dummy",
+                                                   "args": {"seconds": 0.1}})
+        post_latency = time.monotonic() - posted
+        assert resp.status == 200, await resp.text()
+        assert not delete.done(), "the POST was answered only after the DELETE"
+        assert post_latency < 2.0, f"POST /analyse took {post_latency:.2f}s while the DELETE waited"
+        answer = await delete
+        assert answer.status == 200
+        assert time.monotonic() - began >= 4.0  # it did wait the stop timeout before KILL
+        wait_until_sync(lambda: worker.poll() is not None, what="the worker killed")
+        assert worker.returncode == -signal.SIGKILL
+        assert not job.exists()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
