@@ -150,9 +150,11 @@ async def test_1s_segments_never_collide_and_tile_the_timeline(make_client, live
     client = await make_client(**{**FAST, "stream_segment_time": 1.0})
     src = live()
     sid = await create(client, src.url)
+    started = time.time()
     assert (await call(client, "POST", f"/streams/{sid}/start"))[0] == 200
     await segments_at_least(client, sid, 10)
     assert (await call(client, "POST", f"/streams/{sid}/stop"))[0] == 200
+    stopped = time.time()
     seg_dir = data_dir / "streams" / str(sid) / "segments"
     rows = list_rows(seg_dir, 1)
     names = [idx.final_name(n) for n, _, _ in rows]
@@ -163,8 +165,11 @@ async def test_1s_segments_never_collide_and_tile_the_timeline(make_client, live
     assert len(segments) == len(names)
     for a, b in zip(segments, segments[1:]):
         assert b.start == pytest.approx(a.end, abs=0.01)
-    # anchored to the wall clock: the recording ended just now
-    assert segments[-1].end == pytest.approx(time.time(), abs=5)
+    # Anchored to the wall clock: the recording lies within the requests that began and ended it
+    # (each segment's end is bounded by its close, which the stop waits for; the first packet comes
+    # after the start, less what the live source had buffered).  Where inside them is the machine's
+    # load, so no bound is taken from "now".
+    assert started - 2 <= segments[0].start < segments[-1].end <= stopped + 0.01
 
 
 async def test_a_killed_segmenter_leaves_no_torn_or_empty_segment_listed(make_client, live, data_dir):
