@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from storaged.config import Config
-from storaged.provider import KEPT, Item, Kind, Provider, Scan
+from storaged.provider import RING, Item, Kind, Provider, Scan
 from storaged.store.layout import Layout
 from storaged.uploads import service as tus
 
@@ -25,7 +25,8 @@ class UploadsProvider(Provider):
     def __init__(self, layout: Layout, config: Config) -> None:
         self.layout = layout
         self.config = config
-        self.kinds = (Kind("tus_uploads", "tus_expiry", 0, self.items, self.delete, KEPT,
+        # Only expired uploads are ever listed (nobody can resume them): free-space pressure may take them.
+        self.kinds = (Kind("tus_uploads", "tus_expiry", 0, self.items, self.delete, RING,
                            "expired tus uploads (unfinished, or finished records)"),)
 
     def items(self, scan: Scan) -> Iterator[Item]:
