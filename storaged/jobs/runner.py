@@ -17,8 +17,11 @@ pre-imported parent, so a job starts in milliseconds) or, failing that, as
 ``python -m storaged.jobs.worker --data-dir D <job>`` through
 storaged.jobs.launch.  Either way the worker is detached in its own session
 (its pid is its process group, so cancel can stop the worker and its ffmpeg
-together, and a daemon restart does not kill it).  The daemon writes ``<job>/inrun.pid`` (pid + boot id + start
-time) as soon as the process exists.
+together, and a daemon restart does not kill it).  The worker writes
+``<job>/inrun.pid`` (pid + boot id + start time) as its first act, and
+removes it after its results: the daemon never writes it, since its write
+could land after a short job had already finished and leave a pid file of
+a dead worker beside the results.
 
 *Finishing.*  The worker writes ``results.json`` (atomically) as its last act.
 When the runner sees a worker gone, it removes ``inrun.pid`` and the queue
@@ -62,7 +65,7 @@ from storaged.errors import NotFound
 from storaged.jobs.queue import INPUTS, entries as queue_entries
 from storaged.jobs.state import (CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState,
                                   log_tail, read_state)
-from storaged.supervise.process import ProcessIdentity, stop_sequence_blocking, terminate_group, write_pidfile
+from storaged.supervise.process import ProcessIdentity, stop_sequence_blocking, terminate_group
 from storaged.store.atomic import unlink_quiet, write_json
 from storaged.store.layout import Layout
 from storaged.store.objects import now_iso
@@ -448,8 +451,6 @@ class JobRunner:
             # Already finished (or died at once): its results, or their absence, tell the story.
             self._finish_dead(job_dir, entry)
             return None
-        if not (job_dir / RESULTS).exists():
-            write_pidfile(job_dir / PIDFILE, identity)
         log.info("started job %s (pid %d)", job_dir, pid)
         return _Running(job_dir, entry, identity)
 

@@ -1,11 +1,12 @@
 """``python -m storaged.jobs.worker --data-dir D <job dir>``: run one job, write its results.
 
-The worker is started detached (own session) by the runner.  It imports the
-job's ``kind`` ("package.module:function"), calls it with a
+The worker is started detached (own session) by the runner.  It writes its
+identity to ``inrun.pid`` first, imports the job's ``kind`` ("package.module:function"), calls it with a
 :class:`~storaged.jobs.context.JobContext`, and writes ``results.json``
 atomically as its very last act: ``{"status": "done", ...returned}`` or
 ``{"status": "failed", "error_message", "stderr"}``.  If it is killed before
-that, the runner marks the job failed ("interrupted").
+that, the runner marks the job failed ("interrupted"); after it, it removes
+``inrun.pid``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -21,6 +23,7 @@ from storaged.errors import StoragedError
 from storaged.jobs.context import JobContext
 from storaged.jobs.state import CONFIG, PIDFILE, RESULTS
 from storaged.supervise.ffmpeg import FFmpegError
+from storaged.supervise.process import ProcessIdentity, write_pidfile
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 
 log = logging.getLogger("storaged.worker")
@@ -36,6 +39,15 @@ def resolve(kind: str):
     if not module_name.startswith("storaged.") or not func_name:
         raise ValueError(f"not a job kind: {kind!r}")
     return getattr(importlib.import_module(module_name), func_name)
+
+
+def run_as_worker(job_dir: Path, data_dir: Path) -> dict:
+    """A worker process's whole life (zygote child or ``main``): name itself in inrun.pid, run the job."""
+    # First act: inrun.pid names this process for exactly as long as it may still write results.
+    identity = ProcessIdentity.of(os.getpid())
+    if identity is not None:
+        write_pidfile(job_dir / PIDFILE, identity)
+    return run_job(job_dir, data_dir)
 
 
 def run_job(job_dir: Path, data_dir: Path) -> dict:
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    results = run_job(args.job_dir, args.data_dir)
+    results = run_as_worker(args.job_dir, args.data_dir)
     return 0 if results["status"] == "done" else 1
 
 

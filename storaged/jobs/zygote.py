@@ -57,7 +57,7 @@ def _child(job_dir: Path, data_dir: Path) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger().handlers[:] = [handler]
         logging.getLogger().setLevel(logging.INFO)
-        results = worker.run_job(job_dir, data_dir)
+        results = worker.run_as_worker(job_dir, data_dir)
         code = 0 if results["status"] == "done" else 1
     finally:
         os._exit(code)
