@@ -2,8 +2,9 @@
 # One entry point for people and CI:
 #   ./manage.sh run    install what is missing, then run the daemon on ./data
 #   ./manage.sh test   install what is missing, then run the whole test suite
-# Installs ffmpeg/ffprobe, chromium (the tests' headless browser), node + npm
-# and python3-venv from Debian's packages when missing, creates .venv, installs
+# Installs ffmpeg/ffprobe, chromium (the tests' headless browser), node + npm,
+# curl/wget/jq (the README's examples), systemd-analyze, libseccomp and
+# python3-venv from Debian's packages when missing, creates .venv, installs
 # the package with its test extras, and the Node packages the tests run
 # (tus-js-client, pinned by tests/js/package-lock.json) with npm ci.
 set -euo pipefail
@@ -33,6 +34,9 @@ system_deps() {
     "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
     # systemd-analyze: tests/test_systemd_unit.py rates the unit's hardening offline.
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    # libseccomp: tests/unit_sandbox.py loads the unit's syscall filter through it (apt needs it too,
+    # so it is nearly always there).
+    "$PYTHON" -c 'import ctypes; ctypes.CDLL("libseccomp.so.2")' >/dev/null 2>&1 || missing+=(libseccomp2)
     # node + npm: tests/js runs tus-js-client, the browsers' tus client, under Node.
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
