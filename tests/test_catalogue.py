@@ -263,3 +263,35 @@ async def test_videostreams_start_from_a_snapshot_and_see_in_place_changes(data_
     await third.load()
     assert await third.check_snapshot() == 1
     assert await third.get(made[3]["id"]) == edited
+
+
+async def test_fsck_finds_a_snapshot_that_files_changed_in_place_behind(data_dir):
+    import io
+
+    from storaged.config import Config
+    from storaged.families import providers
+    from storaged.ops import fsck
+    from storaged.store import snapshot
+    layout = Layout(data_dir)
+
+    def Fsck(layout, config, _none, **kw):
+        return fsck.Fsck(layout, config, providers(layout, config), **kw)
+
+    sessions = RecordStore(layout, "sessions")
+    for _ in range(3):
+        await sessions.create({"video_url": None})
+
+    await _fill(layout, 5)
+    out = io.StringIO()
+    assert Fsck(layout, Config(data_dir=data_dir), [], out=out).run() == 0, out.getvalue()
+    path = data_dir / "events" / "2.json"
+    rec = json.loads(path.read_text())
+    with open(path, "w") as fh:
+        fh.write(json.dumps({**rec, "type": "edited in place"}))
+    out = io.StringIO()
+    assert Fsck(layout, Config(data_dir=data_dir), [], out=out).run() == 1
+    assert "stale snapshot" in out.getvalue() and "2.json" in out.getvalue()
+    out = io.StringIO()
+    Fsck(layout, Config(data_dir=data_dir), [], repair=True, out=out).run()
+    assert not snapshot.path_for(data_dir, "events").exists()
+    assert Fsck(layout, Config(data_dir=data_dir), [], out=io.StringIO()).run() == 0

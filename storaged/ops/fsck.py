@@ -67,6 +67,7 @@ from storaged.supervise.process import read_pidfile
 from storaged.provider import Provider, Scan, collect_references
 from storaged.store.atomic import (TMP_SUFFIX, fsync_dir, read_json, read_json_or, sync_lock, unlink_quiet,
                                    write_json)
+from storaged.store import snapshot
 from storaged.store.layout import OBJECT_ID_RE, RESERVED_TOP, Layout
 from storaged.store.objects import META, THE_FILE, sweep_period, verify_object
 from storaged.tier.evict import verified_remote
@@ -120,6 +121,7 @@ class Fsck:
         self.check_jobs()
         self.check_queue()
         self.check_references()
+        self.check_snapshots()
         for provider in self.providers:
             provider.fsck(self)
         c = self.counts
@@ -177,6 +179,18 @@ class Fsck:
             self.counts["queue"] += 1
             self.problem("junk queue entry", path, "not a queue entry's name (<time_ns>-<hex>.json)",
                          lambda path=path: self.to_lost_found(path))
+
+    def check_snapshots(self) -> None:
+        """A catalogue snapshot the next start would trust although record files changed behind it."""
+        for path in sorted(self.layout.cache.glob("*.snapshot")):
+            found = snapshot.verify(path)
+            if found is None:
+                continue
+            where, changed = found
+            detail = (f"{len(changed)} record file(s) of {where} changed in place since it was written "
+                      f"(e.g. {changed[0]}.json)" if changed else "unreadable")
+            self.problem("stale snapshot", path, detail + "; the catalogue would start from it",
+                         lambda path=path: (snapshot.drop(path), "removed (the next start reads every record)")[1])
 
     def check_references(self) -> None:
         """Objects that records and queued jobs point to must be stored."""

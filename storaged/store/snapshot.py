@@ -184,3 +184,31 @@ def changed_since(directory: Path, saved_at: int, started_at: int) -> list[int]:
         if cutoff <= mtime < started_at:
             out.append(record_id)
     return out
+
+
+def verify(snapshot: Path) -> tuple[str, list[int]] | None:
+    """For fsck: (the directory, ids of files changed in place since) if the next start would trust
+    ``snapshot`` although files changed behind it; ("", []) for an unreadable snapshot; None if sound."""
+    try:
+        with open(snapshot, "rb") as fh:
+            fmt, _ver, where, dir_mtime, saved_at, _rows = marshal.loads(fh.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError, TypeError):
+        return "", []
+    if fmt != FORMAT:
+        return "", []
+    directory = Path(where)
+    try:
+        if os.stat(directory).st_mtime_ns != dir_mtime:
+            return None  # the next start reads the changed files again by itself
+    except FileNotFoundError:
+        return None
+    changed = []
+    for record_id in record_ids(os.listdir(directory)):
+        try:
+            if os.stat(directory / f"{record_id}.json").st_mtime_ns > saved_at:
+                changed.append(record_id)
+        except FileNotFoundError:
+            continue
+    return (str(directory), changed) if changed else None
