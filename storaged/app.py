@@ -12,7 +12,7 @@ from aiohttp import web
 from storaged.api import expect, health
 from storaged.api.connections import Collector, ConnectionGuard
 from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, ENSURE_LOCAL, INFLIGHT, JOBS, \
-    LAYOUT, OBJECTS, READ_THROUGH, TOKEN_GATE, Deps
+    LAYOUT, OBJECTS, READ_THROUGH, TIMELINE_MARKS, TOKEN_GATE, Deps
 from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_gate, token_middleware
 from storaged.families import FAMILIES
 from storaged.ops import api as ops
@@ -55,6 +55,7 @@ def create_app(config: Config) -> web.Application:
     app[AFTER_PUT] = deps.after_put
     app[READ_THROUGH] = deps.read_through
     app[ENSURE_LOCAL] = deps.ensure_local
+    app[TIMELINE_MARKS] = deps.timeline_marks
     # The data families first (each registers its provider in deps), then the storage tier (its eviction
     # is a provider too), then operations, which ask them all, then the pages; openapi last: it
     # describes the routes present.

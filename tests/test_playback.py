@@ -196,3 +196,25 @@ async def test_timeline_page_plays_the_recording_in_chromium(client, stream):
         played = await page.wait_for(
             "(v => !v.error && v.currentTime > 1 && v.currentTime)(document.getElementById('player'))", timeout=30)
         assert played > 1
+
+
+async def test_timeline_marks_motion_images_of_the_day_and_plays_from_one(client, stream, data_dir):
+    """The camera family's motion images appear on the stream's day scale, linked, and a click plays there."""
+    from storaged.camera import images
+
+    when = datetime.fromtimestamp(T0 + 20, timezone.utc).replace(tzinfo=None)  # the box's zone is UTC here
+    day_dir = data_dir / "camera" / "3" / images.day_folder(when)
+    day_dir.mkdir(parents=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=1:duration=1", "-frames:v", "1",
+           str(day_dir / images.image_name(when)))
+    day = datetime.fromtimestamp(T0, timezone.utc).date().isoformat()
+    html = await (await client.get(f"/streams/{stream}/timeline", params={"day": day})).text()
+    marks = re.findall(r'<a class="mark" href="([^"]+)" data-start="([0-9.]+)"', html)
+    assert [float(t) for _, t in marks] == [T0 + 20]
+    assert (await client.get(marks[0][0])).status == 200  # the link opens the image
+    async with Browser() as browser:
+        page = await browser.new_page()
+        await page.goto(str(client.make_url(f"/streams/{stream}/timeline?day={day}")))
+        await page.evaluate("document.querySelector('a.mark').click()")
+        src = await page.wait_for("document.getElementById('player').src", timeout=30)
+        assert f"start={T0 + 20:.3f}" in src

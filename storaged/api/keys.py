@@ -45,6 +45,9 @@ READ_THROUGH = web.AppKey("read_through", list)
 # Coroutine functions ``hook(file_id, meta)`` run, holding the object's lock,
 # before work reads an object's bytes (the storage tier fetches evicted bytes back).
 ENSURE_LOCAL = web.AppKey("ensure_local", list)
+# Sources of marks on a stream's timeline page: ``await source(start, end)`` (epoch seconds) answers
+# ``[(time, label, href), ...]``.  The camera family adds its motion images; playback draws them.
+TIMELINE_MARKS = web.AppKey("timeline_marks", list)
 
 @dataclass
 class Deps:
@@ -71,4 +74,5 @@ class Deps:
     read_through: list[Callable[..., Awaitable[Any]]] = field(default_factory=list)
     ensure_local: list[Callable[[str, dict], Awaitable[None]]] = field(default_factory=list)
     videostreams: "VideostreamCatalogue | None" = None
+    timeline_marks: list[Callable[[float, float], Awaitable[list]]] = field(default_factory=list)
     collectors: list[Any] = field(default_factory=list)  # more Prometheus collectors for ops' /metrics

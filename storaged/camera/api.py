@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,30 @@ CAMERA = web.AppKey("camera_storage", CameraStorage)
 
 
 PROVIDER = CameraProvider
+MARKS_PER_CAMERA = 240  # a day's scale holds no more distinguishable marks
+
+
+async def motion_marks(cam: CameraStorage, start: float, end: float) -> list[tuple[float, str, str]]:
+    """Motion images saved in [start, end] (epoch seconds), evenly thinned per camera, for a timeline."""
+    lo, hi = images.range_bounds(datetime.fromtimestamp(start, cam.tz), datetime.fromtimestamp(end, cam.tz))
+
+    def collect() -> list[tuple[float, str, str]]:
+        marks = []
+        try:
+            cameras = sorted(int(n) for n in os.listdir(cam.camera_root) if n.isdigit())
+        except FileNotFoundError:
+            return marks
+        for n in cameras:
+            for path in images.spaced(cam.camera_dir(n), lo, hi, MARKS_PER_CAMERA):
+                when = images.capture_time(path)
+                if when is not None:
+                    when = when.replace(tzinfo=cam.tz)
+                    rel = path.relative_to(cam.camera_root.parent).as_posix()
+                    marks.append((when.timestamp(), f"camera {n} motion", f"/data/{rel}"))
+        return marks
+
+    return await asyncio.to_thread(collect)
+
 
 
 def setup(app: web.Application, deps: Deps) -> None:
@@ -74,6 +99,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     provider = PROVIDER(deps.layout, config)
     provider.motion = motion
     deps.providers.append(provider)
+    deps.timeline_marks.append(lambda start, end: motion_marks(app[CAMERA], start, end))
     app.cleanup_ctx.append(lambda app: _camera_ctx(app, config))
     app.add_routes(routes)
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from storaged.api.keys import CONFIG, LAYOUT, OBJECTS, Deps
+from storaged.api.keys import CONFIG, LAYOUT, OBJECTS, TIMELINE_MARKS, Deps
 from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 from storaged.playback import service
@@ -197,6 +197,7 @@ async def timeline(request: web.Request) -> web.Response:
     a, b = begin.timestamp(), (begin + timedelta(days=1)).timestamp()
     segments = await asyncio.to_thread(streams.index(record["id"]).segments)
     rec = service.recordings(segments, a, b)
-    html = timeline_page(record, day, a, b, rec, tz)
+    marks = [m for source in request.app[TIMELINE_MARKS] for m in await source(a, b)]
+    html = timeline_page(record, day, a, b, rec, tz, sorted(marks))
     return web.Response(text=html, content_type="text/html")
 

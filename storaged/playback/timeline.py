@@ -1,6 +1,8 @@
 """The timeline page of a stream: one day, recorded spans and gaps on a 24 h scale, click to play.
 
-Server-rendered; a few lines of plain JavaScript turn a click on the scale
+Marks come from other families through ``TIMELINE_MARKS`` (the camera family's
+motion images, thinned to a few hundred a day per camera).  Server-rendered;
+a few lines of plain JavaScript turn a click on the scale
 into ``play.mp4?start=<that instant>`` on the page's ``<video>`` (the
 progressive endpoint plays in every browser without a library).  Without
 JavaScript each span is still a link to its progressive playback.
@@ -30,7 +32,7 @@ SCRIPT = """
     e.preventDefault();
   });
   document.querySelectorAll('a[data-start]').forEach(function (el) {
-    el.addEventListener('click', function (e) { play(+el.dataset.start); e.preventDefault(); });
+    el.addEventListener('click', function (e) { play(+el.dataset.start); e.preventDefault(); e.stopPropagation(); });
   });
 })();
 </script>
@@ -40,6 +42,7 @@ STYLE = """
 <style>
 #scale{position:relative;height:2.4em;background:#eee;border-radius:3px;cursor:pointer;margin:.5em 0 0}
 #scale .span{position:absolute;top:0;bottom:0;background:#2a7;min-width:1px}
+#scale .mark{position:absolute;top:0;height:40%;width:2px;background:#d50;margin-left:-1px}
 .ticks{position:relative;height:1.2em;font-size:.8em;color:#666}
 .ticks span{position:absolute;transform:translateX(-50%)}
 </style>
@@ -54,7 +57,8 @@ def _clock(t: float, tz) -> str:
     return datetime.fromtimestamp(t, tz).strftime("%H:%M:%S")
 
 
-def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: dict[str, Any], tz) -> str:
+def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: dict[str, Any], tz,
+                  marks: list[tuple[float, str, str]] = ()) -> str:
     sid = int(record["id"])
     play = f"/streams/{sid}/play.mp4"
     bars = "".join(
@@ -62,6 +66,11 @@ def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: di
         f'width:{_pct(s["end"], a, b) - _pct(s["start"], a, b):.4f}%" '
         f'title="{esc(_clock(s["start"], tz))}–{esc(_clock(s["end"], tz))}"></div>'
         for s in rec["spans"])
+    # Marks from other families (motion images): a thin line each; a click plays from that instant.
+    bars += "".join(
+        f'<a class="mark" href="{esc(href)}" data-start="{t:.3f}" style="left:{_pct(t, a, b):.4f}%" '
+        f'title="{esc(label)} {esc(_clock(t, tz))}"></a>'
+        for t, label, href in marks if a <= t <= b)
     ticks = "".join(f'<span style="left:{100 * h / 24:.3f}%">{h:02d}</span>' for h in range(0, 25, 3))
     rows = "".join(
         f'<li><a href="{esc(play)}?start={s["start"]:.3f}&amp;end={s["end"]:.3f}" data-start="{s["start"]:.3f}">'
@@ -84,5 +93,7 @@ def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: di
               '</video><p id="at" class="muted"></p>'
             + f'<h2>Recorded</h2><ul>{rows or "<li>nothing this day</li>"}</ul>'
             + f'<h2>Gaps</h2><ul>{gaps or "<li>none</li>"}</ul>'
+            + (f'<p class="muted">{len(marks)} motion image(s) marked in orange on the scale '
+               f'(click one to play from that instant; its link opens the image).</p>' if marks else "")
             + SCRIPT)
     return page(f"Stream {sid} — {day.isoformat()}", body)
