@@ -18,7 +18,7 @@ from storaged.api.sendfile import send_file
 from storaged.errors import BadRequest, NotFound
 from storaged.playback import service
 from storaged.playback.provider import PlaybackProvider
-from storaged.playback.timeline import timeline_page
+from storaged.playback.timeline import recorded_neighbours, timeline_page
 from storaged.recording import index as idx
 from storaged.recording.api import STREAMS, timestamp
 from storaged.supervise import ffmpeg
@@ -198,6 +198,7 @@ async def timeline(request: web.Request) -> web.Response:
     segments = await asyncio.to_thread(streams.index(record["id"]).segments)
     rec = service.recordings(segments, a, b)
     marks = [m for source in request.app[TIMELINE_MARKS] for m in await source(a, b)]
-    html = timeline_page(record, day, a, b, rec, tz, sorted(marks))
+    neighbours = recorded_neighbours([seg.start for seg in segments], a, b, tz)
+    html = timeline_page(record, day, a, b, rec, tz, sorted(marks), neighbours)
     return web.Response(text=html, content_type="text/html")
 

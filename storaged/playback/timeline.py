@@ -10,7 +10,7 @@ JavaScript each span is still a link to its progressive playback.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from storaged.web.page import esc, link, page
@@ -57,8 +57,20 @@ def _clock(t: float, tz) -> str:
     return datetime.fromtimestamp(t, tz).strftime("%H:%M:%S")
 
 
+def recorded_neighbours(starts: list[float], a: float, b: float, tz) -> tuple[date | None, date | None]:
+    """The nearest days before [a, b) and from b on that hold a recording (None: there is none).
+
+    The day links follow recordings, not the calendar: a crawler or a person paging through days
+    meets an end instead of an endless run of empty days."""
+    before = max((t for t in starts if t < a), default=None)
+    after = min((t for t in starts if t >= b), default=None)
+    return (None if before is None else datetime.fromtimestamp(before, tz).date(),
+            None if after is None else datetime.fromtimestamp(after, tz).date())
+
+
 def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: dict[str, Any], tz,
-                  marks: list[tuple[float, str, str]] = ()) -> str:
+                  marks: list[tuple[float, str, str]] = (), neighbours: tuple[date | None, date | None] = (None, None)
+                  ) -> str:
     sid = int(record["id"])
     play = f"/streams/{sid}/play.mp4"
     bars = "".join(
@@ -79,10 +91,13 @@ def timeline_page(record: dict[str, Any], day: date, a: float, b: float, rec: di
         for s in rec["spans"])
     gaps = "".join(f'<li>{esc(_clock(g["start"], tz))} – {esc(_clock(g["end"], tz))} '
                    f'<span class="muted">({g["duration"]:.0f} s)</span></li>' for g in rec["gaps"])
-    prev_day, next_day = day - timedelta(days=1), day + timedelta(days=1)
-    nav = (f'<p>{link(f"/streams/{sid}/timeline?day={prev_day.isoformat()}", "← " + prev_day.isoformat())} · '
-           f'{link(f"/streams/{sid}/timeline?day={next_day.isoformat()}", next_day.isoformat() + " →")} · '
-           f'{link(f"/streams/{sid}/status", "status")} · '
+    prev_day, next_day = neighbours
+    nav = ('<p>'
+           + (f'{link(f"/streams/{sid}/timeline?day={prev_day.isoformat()}", "← " + prev_day.isoformat())} · '
+              if prev_day else "")
+           + (f'{link(f"/streams/{sid}/timeline?day={next_day.isoformat()}", next_day.isoformat() + " →")} · '
+              if next_day else "")
+           + f'{link(f"/streams/{sid}/status", "status")} · '
            f'{link(f"/streams/{sid}/playlist.m3u8", "live HLS playlist")}</p>')
     body = (STYLE + nav
             + f'<p class="muted">{esc(record.get("description") or record.get("url") or "")} — '
