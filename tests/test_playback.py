@@ -13,7 +13,7 @@ import json
 import os
 import re
 import subprocess
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
@@ -218,3 +218,16 @@ async def test_timeline_marks_motion_images_of_the_day_and_plays_from_one(client
         await page.evaluate("document.querySelector('a.mark').click()")
         src = await page.wait_for("document.getElementById('player').src", timeout=30)
         assert f"start={T0 + 20:.3f}" in src
+
+
+async def test_timeline_links_the_nearest_recorded_days_and_none_past_the_recording(client, stream):
+    recorded = datetime.fromtimestamp(T0, timezone.utc).date()
+
+    async def linked_days(day: date) -> list[str]:
+        resp = await client.get(f"/streams/{stream}/timeline", params={"day": day.isoformat()})
+        assert resp.status == 200
+        return re.findall(rf"/streams/{stream}/timeline\?day=([0-9-]+)", await resp.text())
+
+    assert await linked_days(recorded) == []  # the only recorded day: nothing before or after it to visit
+    assert await linked_days(recorded + timedelta(days=10)) == [recorded.isoformat()]
+    assert await linked_days(recorded - timedelta(days=3)) == [recorded.isoformat()]
