@@ -62,6 +62,7 @@ from storaged.jobs.state import RESULTS, finished
 from storaged.store.atomic import trash
 from storaged.store.layout import Layout
 from storaged.store.tree import tree_size
+from storaged.store import tree
 
 RESTARTS_HELP = "Restarts of supervised ffmpeg processes."
 RING = "ring"        # free-space pressure may delete it by default (oldest first)
@@ -182,6 +183,15 @@ class Provider:
 
     def replicable(self, root: Path) -> Iterator[str]:
         return iter(())
+
+
+def record_files(root: Path, kind: str) -> Iterator[str]:
+    """``<kind>/<id>.json`` of every record file of a kind (for ``replicable``).  Blocking."""
+    directory = root / kind
+    for entry in sorted(tree.files(directory), key=lambda e: e.name):
+        stem = entry.name[:-5]
+        if entry.name.endswith(".json") and stem.isdigit():
+            yield f"{kind}/{entry.name}"
 
 
 def collect_references(providers: Iterable[Provider], scan: Scan) -> References:

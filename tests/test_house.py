@@ -92,3 +92,34 @@ async def test_deleting_a_job_whose_worker_ignores_term_does_not_delay_a_concurr
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
+
+
+def test_the_storage_tier_replicates_what_each_family_lists(tmp_path: Path):
+    """The tier's sources come from the providers: a family's files are listed by the family itself."""
+    from storaged.config import Config
+    from storaged.families import providers
+    from storaged.provider import Provider
+    from storaged.store.layout import Layout
+    from storaged.tier.sources import ObjectSource, TreeFiles, sources_from
+
+    class Toy(Provider):
+        name = "toy"
+
+        def replicable(self, root: Path):
+            yield "toy/a.bin"
+
+    layout = Layout(tmp_path)
+    (tmp_path / "sessions").mkdir()
+    (tmp_path / "sessions" / "1.json").write_text('{"id": 1}')
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "a.bin").write_bytes(b"x")
+    sources = sources_from([*providers(layout, Config(data_dir=tmp_path)), Toy()])
+    assert isinstance(sources[0], ObjectSource)
+    by_family = {s.family: s for s in sources[1:]}
+    assert {"sessions", "videostreams", "recording", "camera", "analyses", "toy"} <= set(by_family)
+    assert all(isinstance(s, TreeFiles) for s in by_family.values())
+    assert list(by_family["toy"].pending(layout)) == ["toy%2Fa.bin"]
+    assert list(by_family["sessions"].pending(layout)) == ["sessions%2F1.json"]
+    tier_code = (Path(__file__).resolve().parent.parent / "storaged" / "tier" / "sources.py").read_text()
+    for family_dir in ('"sessions"', '"streams"', '"camera"', '"analysis"', ".jpg", ".csv"):
+        assert family_dir not in tier_code

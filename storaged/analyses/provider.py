@@ -14,11 +14,11 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import unquote
 
 from storaged.config import Config
-from storaged.jobs.state import RESULTS
+from storaged.jobs.state import PIDFILE, RESULTS
 from storaged.provider import KEPT, FsckContext, Item, Kind, Provider, Scan, delete_finished_job, job_item
 from storaged.store.atomic import read_json
 from storaged.store.layout import Layout
-from storaged.store.tree import subdirs
+from storaged.store.tree import files, subdirs
 
 OUTPUT_LINK = re.compile(r"/download/([0-9a-f]{64})/analysis/([0-9a-f]{40})/([^/?#\s]+)")
 
@@ -30,6 +30,16 @@ class AnalysesProvider(Provider):
         self.layout = layout
         self.kinds = (Kind("analyses", "retention_analyses", 1, self.items, delete_finished_job, KEPT,
                            "finished analysis jobs and their outputs"),)
+
+    def replicable(self, root: Path) -> Iterator[str]:
+        """Finished analysis jobs: results.json (written last) and their outputs."""
+        for job_root in self.job_roots():
+            for job in subdirs(job_root):
+                if not (job / RESULTS).exists() or (job / PIDFILE).exists():
+                    continue
+                for entry in sorted(files(job), key=lambda e: e.name):
+                    if not entry.name.startswith("."):
+                        yield Path(entry.path).relative_to(root).as_posix()
 
     def job_roots(self) -> Iterable[Path]:
         for oid in self.layout.object_ids():

@@ -36,6 +36,19 @@ class CameraProvider(Provider):
     name = "camera"
     top_dirs = ("camera", "shared")
 
+    def replicable(self, root: Path) -> Iterator[str]:
+        """Motion images and the exports in ``shared/captures``."""
+        for cam in subdirs(self.camera_root):
+            if not cam.name.isdigit():
+                continue
+            for day in subdirs(cam):
+                for entry in sorted(files(day), key=lambda e: e.name):
+                    if images.time_of_name(entry.name) is not None:
+                        yield f"camera/{cam.name}/{day.name}/{entry.name}"
+        for entry in sorted(files(self.captures), key=lambda e: e.name):
+            if not entry.name.startswith("."):
+                yield f"shared/captures/{entry.name}"
+
     def __init__(self, layout: Layout, config: Config) -> None:
         self.layout = layout
         self.camera_root = layout.root / "camera"

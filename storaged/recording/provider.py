@@ -31,7 +31,7 @@ from storaged.config import Config
 from storaged.jobs.state import CONFIG, PIDFILE, RESULTS
 from storaged.supervise.process import read_pidfile
 from storaged.provider import (KEPT, RESTARTS_HELP, RING, FsckContext, Item, Kind, Provider, Sample, Scan,
-                               delete_finished_job, job_item)
+                               delete_finished_job, job_item, record_files)
 from storaged.recording import index as idx
 from storaged.store.atomic import read_json_or, unlink_quiet
 from storaged.store.layout import Layout
@@ -61,6 +61,24 @@ class RecordingProvider(Provider):
         for sd in subdirs(self.root):
             if sd.name.isdigit():
                 yield int(sd.name), sd
+
+    def replicable(self, root: Path) -> Iterator[str]:
+        """Stream records and states, and completed segments with their runs' lists (a segment is
+        complete once its run's list names it: it was verified and renamed into place)."""
+        yield from record_files(root, "streams")
+        for sid, sd in self.streams():
+            if (sd / "state.json").exists():
+                yield f"streams/{sid}/state.json"
+            seg_dir = sd / "segments"
+            for run in idx.StreamIndex(seg_dir).runs():
+                yield f"streams/{sid}/segments/{idx.list_name(run)}"
+                try:
+                    listed = idx.read_list(seg_dir / idx.list_name(run))
+                except OSError:
+                    continue
+                for name, _a, _b in listed:
+                    if (seg_dir / idx.run_dir_name(run) / name).is_file():
+                        yield f"streams/{sid}/segments/{idx.run_dir_name(run)}/{name}"
 
     def job_roots(self) -> Iterable[Path]:
         for _sid, sd in self.streams():

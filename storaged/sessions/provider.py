@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from storaged.config import Config
-from storaged.provider import KEPT, FsckContext, Item, Kind, Provider, Scan, delete_finished_job, job_item
+from storaged.provider import (KEPT, FsckContext, Item, Kind, Provider, Scan, delete_finished_job, job_item,
+                               record_files)
 from storaged.store.layout import Layout
 from storaged.store.objects import linked_object
 from storaged.store.records import RecordStore
@@ -35,6 +36,10 @@ class SessionsProvider(Provider):
         self.events = RecordStore(layout, "events")
         self.kinds = (Kind("splits", "retention_exports", 1, self.items, delete_finished_job, KEPT,
                            "finished session split jobs (their race clips are uploads)"),)
+
+    def replicable(self, root: Path) -> Iterator[str]:
+        for kind in ("sessions", "races", "events"):
+            yield from record_files(root, kind)
 
     def job_roots(self) -> Iterable[Path]:
         for d in subdirs(self.sessions.dir):

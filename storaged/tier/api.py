@@ -17,6 +17,7 @@ from storaged.errors import StoragedError
 from storaged.tier import settings as tier_settings
 from storaged.tier.client import TierError
 from storaged.tier.evict import bytes_key, providers_for
+from storaged.tier.sources import sources_from
 from storaged.tier.service import Tier, evicted, fetch_back_blocking
 
 log = logging.getLogger("storaged.tier")
@@ -37,7 +38,7 @@ def setup(app: web.Application, deps: Deps) -> None:
                                         last_error={"type": ["string", "null"]}))})
     if not tier_settings.enabled(config):
         return
-    tier = Tier(deps.layout, tier_settings.load(config))
+    tier = Tier(deps.layout, tier_settings.load(config), sources=sources_from(deps.providers))
     app[TIER] = tier
     deps.after_put.append(lambda meta: on_put(tier, meta))
     deps.read_through.append(read_through)

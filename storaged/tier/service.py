@@ -73,7 +73,7 @@ from storaged.store.atomic import read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
 from storaged.tier.client import S3, TierError, md5_etag, multipart_etag
 from storaged.tier.settings import TierSettings
-from storaged.tier.sources import SOURCES, Item, TierSource, Upload
+from storaged.tier.sources import ObjectSource, Item, TierSource, Upload
 
 log = logging.getLogger("storaged.tier")
 
@@ -102,7 +102,7 @@ class Tier:
                  client: S3 | None = None) -> None:
         self.layout = layout
         self.settings = settings
-        self.sources = {s.family: s for s in (sources or SOURCES)}
+        self.sources = {s.family: s for s in (sources or [ObjectSource()])}
         self.s3 = client or S3(settings)
         self.outbox = layout.root / "tier" / "outbox"
         self.entries: dict[str, dict[str, Any]] = {}

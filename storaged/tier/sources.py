@@ -1,10 +1,12 @@
 """What the tier replicates, asked from each family.
 
-A family that has something for the tier registers a :class:`TierSource`:
-it walks its own part of the tree and names *items* (an object, a record
-file...); for one item it lists the :class:`Upload` s that make it up and
-where the item's remote state is recorded.  The tier never parses a family's
-files; it only moves bytes and records what the engine verified.
+Stored objects are the tier's own :class:`ObjectSource`.  Everything else
+comes from the families' providers (``Provider.replicable``: each lists its
+own complete files), wrapped as :class:`TreeFiles` by :func:`sources_from`.
+A source names *items* (an object, a record file...); for one item it lists
+the :class:`Upload` s that make it up and where the item's remote state is
+recorded.  The tier never parses a family's files; it only moves bytes and
+records what the engine verified.
 
 ``scope`` of an upload: ``shared`` keys are content-addressed (the same bytes
 get the same key on every box, so boxes sharing a bucket dedupe and never
@@ -25,6 +27,7 @@ from typing import Iterator, Protocol
 from storaged.store.atomic import read_json, read_json_or
 from storaged.store.layout import OBJECT_ID_RE, Layout
 from storaged.store.objects import META
+from storaged.provider import Provider
 
 REMOTE = "remote.json"
 
@@ -100,73 +103,6 @@ def remote_state(layout: Layout, oid: str) -> dict | None:
 # -- a box's own files: records, recordings, camera images, exports, finished analyses ---------
 
 _SAFE_REL = re.compile(r"[A-Za-z0-9._~+-]+(/[A-Za-z0-9._~+-]+)*")
-_RECORD = re.compile(r"\d+\.json")
-_SEGMENT_LIST = re.compile(r"r\d{6}\.csv")
-_IMAGE = re.compile(r"\d{8}-\d{6}-\d{3}\.jpg")
-
-
-def _names(path: Path, dirs: bool = False) -> list[str]:
-    try:
-        with os.scandir(path) as it:
-            return sorted(e.name for e in it if not e.name.startswith(".")
-                          and (e.is_dir(follow_symlinks=False) if dirs else e.is_file(follow_symlinks=False)))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def record_files(root: Path) -> Iterator[str]:
-    """Records (sessions, races, events, videostreams, streams) and a stream's state."""
-    for kind in ("sessions", "races", "events", "videostreams", "streams"):
-        for name in _names(root / kind):
-            if _RECORD.fullmatch(name):
-                yield f"{kind}/{name}"
-    for sid in _names(root / "streams", dirs=True):
-        if sid.isdigit() and (root / "streams" / sid / "state.json").exists():
-            yield f"streams/{sid}/state.json"
-
-
-def recording_files(root: Path) -> Iterator[str]:
-    """Completed segments (listed in their run's list, which ffmpeg writes as each one closes) and the lists."""
-    for sid in _names(root / "streams", dirs=True):
-        seg_dir = root / "streams" / sid / "segments"
-        for name in _names(seg_dir):
-            if not _SEGMENT_LIST.fullmatch(name):
-                continue
-            yield f"streams/{sid}/segments/{name}"
-            try:
-                listed = {line.split(",", 1)[0] for line in (seg_dir / name).read_text().splitlines() if line}
-            except OSError:
-                continue
-            run = name[:-4]
-            for seg in sorted(listed):
-                if _SAFE_REL.fullmatch(seg) and (seg_dir / run / seg).is_file():
-                    yield f"streams/{sid}/segments/{run}/{seg}"
-
-
-def camera_files(root: Path) -> Iterator[str]:
-    """Motion images and the exports in ``shared/captures``."""
-    for cam in _names(root / "camera", dirs=True):
-        if not cam.isdigit():
-            continue
-        for day in _names(root / "camera" / cam, dirs=True):
-            for name in _names(root / "camera" / cam / day):
-                if _IMAGE.fullmatch(name):
-                    yield f"camera/{cam}/{day}/{name}"
-    for name in _names(root / "shared" / "captures"):
-        yield f"shared/captures/{name}"
-
-
-def analysis_files(root: Path) -> Iterator[str]:
-    """Finished analysis jobs: results.json (written last) and their outputs."""
-    layout = Layout(root)
-    for oid in layout.object_ids():
-        base = layout.object_dir(oid) / "analysis"
-        for aid in _names(base, dirs=True):
-            job = base / aid
-            if not (job / "results.json").exists() or (job / "inrun.pid").exists():
-                continue
-            for name in _names(job):
-                yield f"{oid[:2]}/{oid[2:]}/analysis/{aid}/{name}"
 
 
 class TreeFiles:
@@ -212,10 +148,11 @@ class TreeFiles:
                     {"version": [st.st_size, st.st_mtime_ns]})
 
 
-SOURCES: list[TierSource] = [
-    ObjectSource(),
-    TreeFiles("records", record_files),
-    TreeFiles("recordings", recording_files),
-    TreeFiles("camera", camera_files),
-    TreeFiles("analyses", analysis_files),
-]
+def sources_from(providers) -> list[TierSource]:
+    """The tier's sources: the object store's own, and each family's complete files as its
+    provider lists them (``Provider.replicable``); the tier walks no family's directories itself."""
+    out: list[TierSource] = [ObjectSource()]
+    for provider in providers:
+        if type(provider).replicable is not Provider.replicable:
+            out.append(TreeFiles(provider.name, provider.replicable))
+    return out

@@ -7,10 +7,11 @@ references that object, so retention keeps it while the record exists.
 
 from __future__ import annotations
 
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Iterator
 
 from storaged.config import Config
-from storaged.provider import Provider, Scan
+from storaged.provider import Provider, Scan, record_files
 from storaged.store.layout import Layout
 from storaged.store.objects import linked_object
 from storaged.store.records import RecordStore
@@ -23,6 +24,9 @@ class VideostreamsProvider(Provider):
 
     def __init__(self, layout: Layout, config: Config) -> None:
         self.records = RecordStore(layout, KIND, ids="random53")
+
+    def replicable(self, root: Path) -> Iterator[str]:
+        return record_files(root, KIND)
 
     def references(self, scan: Scan) -> Iterable[tuple[str, str]]:
         for record in self.records.all_blocking():
