@@ -229,6 +229,43 @@ def ensure_tool(binary: str, package: str, extra_paths: Sequence[str] = ("/usr/s
     return find()
 
 
+def static_nginx_config(work: Path, port: int, root: Path) -> Path:
+    """An nginx serving ``root`` with sendfile on a loopback port (the yardstick of file benches)."""
+    conf = work / "nginx.conf"
+    user = "user root root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"""{user}worker_processes auto;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/ngx-body;
+    proxy_temp_path {work}/ngx-proxy;
+    fastcgi_temp_path {work}/ngx-fastcgi;
+    uwsgi_temp_path {work}/ngx-uwsgi;
+    scgi_temp_path {work}/ngx-scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        location = /healthz {{ return 200 "ok"; }}
+    }}
+}}
+""")
+    return conf
+
+
+def start_nginx(procs: Processes, nginx: str, work: Path, conf: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """nginx with ``conf`` (listening on ``port``), once its /healthz answers; answers (process, its version)."""
+    proc = procs.start([nginx, "-e", str(work / "nginx-error.log"), "-p", str(work), "-c", str(conf)],
+                       work / "stdout.log")
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc, log=work / "nginx-error.log")
+    return proc, subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
+
+
 # -- bounded runs ---------------------------------------------------------------
 
 

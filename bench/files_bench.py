@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -54,6 +53,8 @@ from common import (  # noqa: E402
     parse_size,
     percentile,
     start_daemon,
+    start_nginx,
+    static_nginx_config,
     time_limit,
     wait_http,
     write_random_file,
@@ -215,34 +216,6 @@ async def forget(ctx: dict, who: str, file_id: str) -> None:
             p.unlink()
 
 
-def nginx_config(work: Path, port: int, root: Path) -> Path:
-    conf = work / "nginx.conf"
-    user = "user root root;\n" if os.geteuid() == 0 else ""
-    conf.write_text(f"""{user}worker_processes auto;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    default_type application/octet-stream;
-    client_body_temp_path {work}/ngx-body;
-    proxy_temp_path {work}/ngx-proxy;
-    fastcgi_temp_path {work}/ngx-fastcgi;
-    uwsgi_temp_path {work}/ngx-uwsgi;
-    scgi_temp_path {work}/ngx-scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        location = /healthz {{ return 200 "ok"; }}
-    }}
-}}
-""")
-    return conf
-
-
 async def bench_download(ctx: dict, repeat: int, procs: Processes) -> dict:
     nginx = ensure_tool("nginx", "nginx")
     if nginx is None:
@@ -256,12 +229,8 @@ async def bench_download(ctx: dict, repeat: int, procs: Processes) -> dict:
     ngx_work = ctx["work"] / "nginx"
     ngx_work.mkdir()
     port = free_port()
-    conf = nginx_config(ngx_work, port, obj_dir)
-    proc = procs.start([nginx, "-e", str(ngx_work / "nginx-error.log"), "-p", str(ngx_work), "-c", str(conf)],
-                       ngx_work / "stdout.log")
+    proc, version = start_nginx(procs, nginx, ngx_work, static_nginx_config(ngx_work, port, obj_dir), port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, log=ngx_work / "nginx-error.log")
-        version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
         urls = {"storaged": f"{ctx['urls']['storaged']}/download/{file_id}/{stored.name}",
                 "nginx": f"http://127.0.0.1:{port}/{stored.name}"}
         for url in urls.values():  # warm-up: both read the same page-cached file from here on

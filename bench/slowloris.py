@@ -42,7 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (Processes, disk_tempdir, ensure_tool, free_port, machine_note,  # noqa: E402
-                          percentile, publish, start_daemon, time_limit, wait_http)
+                          percentile, publish, start_daemon, start_nginx, time_limit)
 
 HEADING = "hostile clients (slowloris)"
 
@@ -246,12 +246,8 @@ async def bench(args: argparse.Namespace, work: Path, procs: Processes) -> tuple
     ngx = work / "nginx"
     ngx.mkdir()
     port = free_port()
-    conf = nginx_config(ngx, port, args)
-    proc = procs.start([nginx, "-e", str(ngx / "nginx-error.log"), "-p", str(ngx), "-c", str(conf)],
-                       ngx / "stdout.log")
+    proc, version = start_nginx(procs, nginx, ngx, nginx_config(ngx, port, args), port)
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, log=ngx / "nginx-error.log")
-        version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
         results["nginx"] = await run_against(port, args, work, "nginx")
     finally:
         procs.stop(proc)

@@ -30,8 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (Processes, disk_tempdir, ensure_tool, free_port, machine_note, publish,  # noqa: E402
-                          start_daemon, time_limit, wait_http)
-from bench.files_bench import nginx_config  # noqa: E402
+                          start_daemon, start_nginx, static_nginx_config, time_limit, wait_http)
 
 HEADING = "small files"
 
@@ -117,10 +116,8 @@ def main() -> None:
             script.write_text(RANDOM_URLS.replace("{ids}", str(tmp / "ids.txt")))
             ngx_port, min_port = free_port(), free_port()
             (tmp / "ngx").mkdir()
-            conf = nginx_config(tmp / "ngx", ngx_port, tmp / "root")
-            ngx = procs.start([nginx, "-e", str(tmp / "ngx" / "error.log"), "-p", str(tmp / "ngx"), "-c", str(conf)],
-                              tmp / "ngx" / "out.log")
-            wait_http(f"http://127.0.0.1:{ngx_port}/healthz", ngx)
+            _ngx, version = start_nginx(procs, nginx, tmp / "ngx", static_nginx_config(tmp / "ngx", ngx_port, tmp / "root"),
+                                        ngx_port)
             mini = procs.start([sys.executable, "-c", MINIMAL, str(served), str(min_port)], tmp / "minimal.log")
             wait_http(f"http://127.0.0.1:{min_port}/healthz", mini)
             servers = {"storaged": ours, "nginx": f"http://127.0.0.1:{ngx_port}",
@@ -142,7 +139,6 @@ def main() -> None:
         (o, o99), (n, n99), (a, a99) = median("storaged", which), median("nginx", which), median("aiohttp", which)
         rows.append(f"| {label} | {o:,.0f} req/s, p99 {o99:.1f} ms | {n:,.0f} req/s, p99 {n99:.1f} ms | "
                     f"{a:,.0f} req/s, p99 {a99:.1f} ms | **{o / n:.3f}×** nginx, {o / a:.2f}× aiohttp |")
-    version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr.strip()
     text = f"""`.venv/bin/python bench/small_files.py --objects {args.objects} --size {args.size} --seconds {args.seconds:g} --rounds {args.rounds} --write`
 
 {args.objects:,} objects of {args.size:,} bytes; `wrk -t2 -c32 -d{args.seconds:g}s` per run, the three servers

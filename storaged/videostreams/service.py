@@ -31,7 +31,6 @@ from bisect import bisect_right
 import asyncio
 import json
 import logging
-import os
 import re
 import time
 from datetime import datetime, timezone
