@@ -14,7 +14,9 @@ The state is derived like this, and nothing else is consulted:
 * no ``config.json``                         → not a job
 * ``results.json``                           → its ``status``
 * ``inrun.pid`` naming a live process        → running (pid + boot id + start time must all match)
-* ``inrun.pid`` naming no live process       → failed ("interrupted": the worker died without results)
+* ``inrun.pid`` naming no live process       → failed ("interrupted": the worker died without results),
+                                               unless results appeared meanwhile (read again after
+                                               the worker is seen dead: it writes them before it exits)
 * otherwise                                  → queued
 """
 
@@ -80,6 +82,10 @@ def read_state(job_dir: Path) -> JobState | None:
         if identity.alive():
             progress = read_json_or(job_dir / PROGRESS, {}) or {}
             return JobState(status="running", progress=progress.get("progress"), config=config, worker=identity)
+        # The worker may have written its results and exited between our two looks; it writes
+        # results before it exits, so results read after seeing it dead are its last word.
+        if (job_dir / RESULTS).exists():
+            return read_state(job_dir)
         return JobState(status="failed", error=INTERRUPTED, config=config, worker=identity)
     if (job_dir / PIDFILE).exists():
         # A pid file we cannot parse was torn by nothing we wrote: treat it like a dead worker.
