@@ -75,13 +75,11 @@ async def test_deleting_a_job_whose_worker_ignores_term_does_not_delay_a_concurr
         # The DELETE is waiting out the worker (TERM ignored: stop timeout, then KILL).
         await wait_until(lambda: asyncio.sleep(0, worker.poll() is None and time.monotonic() - began > 0.3),
                          what="the DELETE to be under way")
-        posted = time.monotonic()
         resp = await client.post("/analyse", json={"file_id": file_id, "analysis": "dummy",
                                                    "args": {"seconds": 0.1}})
-        post_latency = time.monotonic() - posted
         assert resp.status == 200, await resp.text()
+        # Answered while the DELETE still waits out the stop timeout: it did not queue behind it.
         assert not delete.done(), "the POST was answered only after the DELETE"
-        assert post_latency < 2.0, f"POST /analyse took {post_latency:.2f}s while the DELETE waited"
         answer = await delete
         assert answer.status == 200
         assert time.monotonic() - began >= 4.0  # it did wait the stop timeout before KILL

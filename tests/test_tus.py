@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ import time
 from storaged.ops.api import JANITOR
 from storaged.app import create_app
 from storaged.config import Config
+from tests.helpers import wait_until
 from tests.ops_helpers import free_bytes, mount_tmpfs, umount
 
 T = {"Tus-Resumable": "1.0.0"}
@@ -40,6 +42,23 @@ async def patch(client, url: str, offset: int, body: bytes, **headers):
 
 async def head(client, url: str):
     return await client.head(url, headers=T)
+
+
+def file_lock_held(path) -> bool:
+    """Whether another open file holds ``path``'s lock (the daemon's locks are flock locks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
 
 
 def info_of(data_dir, url: str) -> dict:
@@ -264,7 +283,8 @@ async def test_two_patches_at_once_never_interleave(client, data_dir):
 
     first = asyncio.create_task(client.patch(url, data=slow(body[:500_000]),
                                              headers={**OCTETS, "Upload-Offset": "0"}))
-    await asyncio.sleep(0.2)  # let the first PATCH take the upload
+    lock = data_dir / "locks" / "uploads" / f"{url.rsplit('/', 1)[1]}.lock"
+    await wait_until(lambda: asyncio.sleep(0, file_lock_held(lock)), what="the first PATCH to take the upload")
     second = await patch(client, url, 0, b"\0" * 500_000)
     gate.set()
     first = await first
