@@ -92,13 +92,15 @@ def write_bytes(final: Path, data: bytes, *, durable: bool = True, sync_dir: boo
     ``sync_dir`` False leaves the directory's fsync to the caller (a group
     commit, :class:`DirSync`); the name is not durable until it happens.
     ``exclusive``: never replace; publish with ``os.link`` (see :func:`publish`) and answer False,
-    writing nothing, when ``final`` already exists.
+    writing nothing, when ``final`` already exists.  ``data`` may be a list of bytes-like parts
+    (a large file written without joining them first).
     """
     final = Path(final)
     tmp = temp_name(final)
     try:
         with open(tmp, "xb") as fh:
-            fh.write(data)
+            for part in data if isinstance(data, list) else (data,):
+                fh.write(part)
             fh.flush()
             if durable:
                 os.fsync(fh.fileno())

@@ -71,7 +71,8 @@ class RecordStore:
     """Records of one kind.  ``ids``: "sequence" (1, 2, 3…) or "random53" (random ints below 2**53)."""
 
     def __init__(self, layout: Layout, kind: str, *, ids: str = "sequence",
-                 catalogue: Catalogue | None = None) -> None:
+                 catalogue: Catalogue | None = None,
+                 parse: Callable[[int, bytes], dict[str, Any]] | None = None) -> None:
         if ids not in ("sequence", "random53"):
             raise ValueError(ids)
         self.layout = layout
@@ -79,6 +80,9 @@ class RecordStore:
         self.ids = ids
         self.dir = layout.root / kind
         self.catalogue = catalogue
+        # The catalogue's reading of a file: ``parse(id, bytes)`` answers the record as memory keeps it
+        # (ValueError: damaged); default: the JSON object as it is.
+        self.parse = parse
         self._pending: set[int] = set()  # ids handed out whose record is being written
         self._dir_sync = DirSync(self.dir)
         self._next_id = 1  # with a loaded catalogue: the next sequential id
@@ -105,27 +109,66 @@ class RecordStore:
         self._hint_written = hint
 
     def _build_blocking(self) -> Catalogue:
-        cat = self.catalogue
-        built = Catalogue(cat.kind, cat.facets, span=cat.span, span_group=cat.span_group)
+        built = self.catalogue.like()
         t0 = time.monotonic()
-
-        def read(record_id: int):
-            record = self._read_for_catalogue(record_id, built.damaged)
-            return None if record is None else built.row_of(record)
-
-        rows, read_count, how, true_at = snapshot.load(self._snapshot, self.dir, SNAPSHOT_VERSION, read)
-        built.fill_rows(rows)
-        if how == "snapshot, directory unchanged":
-            self._trusted_snapshot_at = true_at[1]
-        elif read_count > SNAPSHOT_AFTER_READS:
-            snapshot.save(self._snapshot, self.dir, SNAPSHOT_VERSION, rows, true_at)
-        log.info("%s: %d records in memory in %.2fs (%s; %d files read)", self.kind, len(rows),
+        true_at = snapshot.stamp(self.dir)
+        saved = snapshot.read(self._snapshot, self.dir, SNAPSHOT_VERSION) if true_at is not None else None
+        if saved is not None:
+            try:
+                built.from_columns(saved.meta["table"], saved.columns)
+                built.damaged.update(saved.meta["damaged"])
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                log.warning("%s: ignoring a snapshot that does not fit together: %s", self.kind, exc)
+                built, saved = self.catalogue.like(), None
+        if true_at is None:
+            how, read_count = "empty", 0
+        elif saved is None:
+            rows = {}
+            ids = snapshot.record_ids(os.listdir(self.dir))
+            for record_id in ids:
+                record = self._read_for_catalogue(record_id, built.damaged)
+                if record is not None:
+                    rows[record_id] = built.row_of(record)
+            built.fill_rows(rows)
+            how, read_count = "read every file", len(ids)
+            if read_count > SNAPSHOT_AFTER_READS:
+                self._save_snapshot(built, true_at)
+        elif snapshot.trusted(saved, true_at):
+            how, read_count = "snapshot, directory unchanged", 0
+            self._trusted_snapshot_at = saved.saved_at
+        else:
+            suspects = snapshot.differences(self.dir, saved.saved_at - snapshot.SLACK_NS, None,
+                                            built.holds, built.held_ids, built.held_count())
+            for record_id in suspects:
+                damaged: dict[int, str] = {}
+                record = self._read_for_catalogue(record_id, damaged)
+                if record is None:
+                    built.discard(record_id)
+                    built.damaged.update(damaged)
+                else:
+                    built.put(record)
+            how, read_count = "snapshot, changed files read again", len(suspects)
+        log.info("%s: %d records in memory in %.2fs (%s; %d files read)", self.kind, len(built),
                  time.monotonic() - t0, how, read_count)
         return built
 
+    def _save_snapshot(self, cat: Catalogue, true_at: snapshot.Stamp | None) -> None:
+        """A snapshot of ``cat`` (which nothing changes meanwhile: a copy, or before it serves).  Blocking."""
+        meta, columns = cat.frozen().columns()
+        snapshot.save(self._snapshot, self.dir, SNAPSHOT_VERSION, true_at,
+                      {"table": meta, "damaged": dict(cat.damaged)}, columns)
+
     def _read_for_catalogue(self, record_id: int, damaged: dict[int, str]) -> dict[str, Any] | None:
         try:
-            record = self.get_blocking(record_id)
+            if self.parse is not None:
+                try:
+                    record = self.parse(record_id, self.path(record_id).read_bytes())
+                except FileNotFoundError:
+                    raise NotFound(f"{self.kind} {record_id} not found") from None
+                except ValueError as exc:
+                    raise DamagedRecord(self.name(record_id), str(exc)) from None
+            else:
+                record = self.get_blocking(record_id)
             if record.get("id") != record_id:
                 raise DamagedRecord(self.name(record_id), f"holds the id {record.get('id')!r}")
         except NotFound:
@@ -137,25 +180,35 @@ class RecordStore:
         return record
 
     async def check_snapshot(self) -> int:
-        """After a start that trusted a snapshot: read again the files changed in place behind its back."""
+        """After a start that trusted a snapshot: compare the tree with the memory and fix the memory.
+
+        Lists the directory and stats every file in a thread; reads again, under the record's lock,
+        each file changed in place behind the stopped daemon's back, each file the memory lacks and
+        each row whose file is gone.  Answers how many records changed.
+        """
         saved_at, self._trusted_snapshot_at = self._trusted_snapshot_at, None
         if saved_at is None:
             return 0
-        maybe = await asyncio.to_thread(snapshot.changed_since, self.dir, saved_at, self._started_ns)
+        cat = self.catalogue
+        view = cat.copy()  # the thread must not iterate what the event loop changes
+        suspects = await asyncio.to_thread(snapshot.differences, self.dir, saved_at - snapshot.SLACK_NS,
+                                           self._started_ns, cat.holds, view.held_ids, view.held_count())
         changed = 0
-        for record_id in maybe:  # changed after the snapshot, or within its clock slack: compare
+        for record_id in suspects:
             async with self.lock(record_id):
                 damaged: dict[int, str] = {}
                 record = await asyncio.to_thread(self._read_for_catalogue, record_id, damaged)
-                if record is not None and record != self.catalogue.get(record_id):
-                    self.catalogue.put(record)
+                if record is not None and record != cat.get(record_id):
+                    cat.put(record)
                     changed += 1
-                elif record is None and (record_id in self.catalogue or damaged):
-                    self.catalogue.discard(record_id)
-                    self.catalogue.damaged.update(damaged)
+                elif record is None and (record_id in cat or damaged):
+                    cat.discard(record_id)
+                    cat.damaged.update(damaged)
                     changed += 1
+                elif record is None and not damaged and record_id in cat.damaged:
+                    del cat.damaged[record_id]  # gone
         if changed:
-            log.warning("%s: %d record files were changed in place while the daemon was stopped; read again",
+            log.warning("%s: %d record files were changed behind the stopped daemon's back; read again",
                         self.kind, changed)
         return changed
 
@@ -163,12 +216,10 @@ class RecordStore:
         """At a clean stop (nothing writes any more): a snapshot for the next start."""
         if not self.in_memory:
             return
-        raws = dict(self.catalogue.rows)
-        cat = self.catalogue
+        view = self.catalogue.copy()
 
         def save() -> None:
-            true_at = snapshot.quiet_stamp(self.dir)
-            snapshot.save(self._snapshot, self.dir, SNAPSHOT_VERSION, cat.export_rows(raws), true_at)
+            self._save_snapshot(view, snapshot.quiet_stamp(self.dir))
 
         try:
             await asyncio.to_thread(save)
@@ -208,6 +259,8 @@ class RecordStore:
         record = {"id": record_id, **{k: v for k, v in data.items() if k != "id"}}
         try:
             await asyncio.to_thread(self._put_blocking, record)
+            if self.in_memory:
+                self.catalogue.put(record)
         finally:
             self._pending.discard(record_id)
         return record
@@ -331,7 +384,7 @@ class RecordStore:
         if self.in_memory:
             cat = self.catalogue
             self.report_damaged()
-            return [cat.get(i) for i in sorted(cat.rows)]
+            return [cat.get(i) for i in cat.ids()]
         return await asyncio.to_thread(self.all_blocking)
 
     def report_damaged(self) -> None:

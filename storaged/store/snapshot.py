@@ -3,9 +3,13 @@
 Protocol
 --------
 *What.*  ``<data>/cache/<kind>.snapshot`` holds, for one directory of record
-files ``<id>.json``, the rows a catalogue derived from them (marshal), the
+files ``<id>.json``, the table a catalogue derived from them, the
 directory's mtime in nanoseconds, and the wall-clock time the rows were true
-at.  It lives outside the directory it describes, so writing it does not
+at.  Layout: ``MAGIC``, the header's length (8 bytes, little-endian), the
+header (marshal: format, version, directory, mtime, time, the owner's meta,
+and name/typecode/length of each column), then each column's bytes as
+``array.tobytes`` wrote them (native byte order: a cache of this machine),
+so loading a million rows is a few ``frombytes``, not a million objects.  It lives outside the directory it describes, so writing it does not
 change that directory's mtime.  It is a cache: deleting ``cache/`` only costs
 a slower start.
 
@@ -15,13 +19,14 @@ write runs any more, so the memory equals the files) and after a start-up
 build that had to read many files (before the daemon serves).  A write that
 raced the build then only makes the next start read the changed files again.
 
-*When it is trusted.*  At start-up the directory is listed.  If its mtime is
-still the one in the snapshot, and that mtime was older than the snapshot by
+*When it is trusted.*  At start-up the directory is stat'ed, not listed.  If
+its mtime is still the one in the snapshot, and that mtime was older than the snapshot by
 more than a clock tick (a filesystem's timestamps are coarse: two writes
 within one tick can leave the same mtime), no name in it was created,
 replaced (every write renames) or removed since, and the rows are used as
-they are.  A clean stop waits out that tick before it stamps.
-Otherwise each file is stat'ed: rows of ids no longer listed are dropped, and
+they are, with the files the snapshot left out as unreadable (its owner's
+meta names them), without listing a million names.  A clean stop waits out that tick before it stamps.
+Otherwise the directory is listed and each file stat'ed (:func:`differences`): rows of ids no longer listed are dropped, and
 files unknown to the snapshot, or changed at or after the time it was true
 (less two seconds of clock slack), are read again.  A snapshot of another
 format, of another directory, or that cannot be read is ignored: every file
@@ -30,10 +35,17 @@ is read.
 *What the directory cannot show.*  A file rewritten in place (opened and
 truncated, not renamed) behind a stopped daemon's back leaves the directory
 as it was.  Its own mtime moves, though: after a start that trusted an
-unchanged directory, :func:`changed_since` stats every file in a background
-thread (the daemon already serves) and the owner reads again, under the
-record's lock, each file changed after the snapshot was true and before this
-process started (later changes are the daemon's own writes).
+unchanged directory, :func:`differences` lists the directory and stats every
+file in a background thread (the daemon already serves) and the owner reads
+again, under the record's lock, each file changed after the snapshot was
+true and before this process started (later changes are the daemon's own
+writes), each file it does not hold and each row whose file is gone (a
+directory mtime set back by hand).  Until that verification ends (seconds
+at a million records) a reader sees the rows as of the clean stop for a
+file edited in place behind the stopped daemon; every name created,
+replaced or removed is already seen, since those change the directory.
+``storaged fsck`` reports a snapshot the next start would trust although
+the tree differs from it.
 """
 
 from __future__ import annotations
@@ -41,29 +53,39 @@ from __future__ import annotations
 import logging
 import marshal
 import os
+import sys
 import time
+from array import array
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from storaged.store.atomic import write_bytes
 
 log = logging.getLogger("storaged.snapshot")
 
-FORMAT = 1
+FORMAT = 2
+MAGIC = b"storaged-snapshot\n"
 SLACK_NS = 2_000_000_000
 TICK_NS = 50_000_000  # longer than any filesystem timestamp granularity
-Row = Any
+_HEADER_MAX = 1 << 26
 
 
 def path_for(data_root: Path, kind: str) -> Path:
     return Path(data_root) / "cache" / f"{kind}.snapshot"  # Layout.cache
 
 
-def record_ids(names: list[str]) -> list[int]:
+def record_ids(names: Iterable[str]) -> list[int]:
     return [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit() and n[0] != "0"]
 
 
 Stamp = tuple[int, int]  # (directory mtime ns, wall-clock ns) read before the rows
+
+
+class Saved(NamedTuple):
+    meta: Any
+    columns: dict[str, Any]  # name -> array (or bytes for typecode "B*")
+    dir_mtime: int
+    saved_at: int  # wall-clock ns the rows were true at
 
 
 def stamp(directory: Path) -> Stamp | None:
@@ -83,68 +105,29 @@ def quiet_stamp(directory: Path) -> Stamp | None:
     return now
 
 
-def load(snapshot: Path, directory: Path, version: str, read: Callable[[int], Row | None]
-         ) -> tuple[dict[int, Row], int, str, Stamp | None]:
-    """The rows of ``directory``: (rows, files read, how, the stamp they are true at).
+def trusted(saved: Saved, now: Stamp | None) -> bool:
+    """Whether no name in the directory was created, replaced or removed since ``saved`` was true."""
+    return now is not None and saved.dir_mtime == now[0] and saved.dir_mtime < saved.saved_at - TICK_NS
 
-    ``read(id)`` parses one file (None: leave it out).
+
+def save(snapshot: Path, directory: Path, version: str, true_at: Stamp | None, meta: Any,
+         columns: dict[str, Any]) -> None:
+    """Write a snapshot of ``columns`` (arrays, or bytes), true of the files as of ``true_at``.
+
+    Blocking: call in a thread.
     """
-    true_at = stamp(directory)
-    try:
-        before = true_at[0] if true_at else os.stat(directory).st_mtime_ns
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return {}, 0, "empty", None
-    ids = record_ids(names)
-    saved = _read_snapshot(snapshot, directory, version)
-    if saved is None:
-        rows = {}
-        for record_id in ids:
-            row = read(record_id)
-            if row is not None:
-                rows[record_id] = row
-        return rows, len(ids), "read every file", true_at
-    rows, dir_mtime, saved_at = saved
-    if dir_mtime == before and dir_mtime < saved_at - TICK_NS and len(ids) >= len(rows):
-        listed = set(ids)
-        if all(i in listed for i in rows):
-            # Unchanged directory: the only files to read are those the snapshot left out (unreadable ones).
-            missing = [i for i in ids if i not in rows]
-            for record_id in missing:
-                row = read(record_id)
-                if row is not None:
-                    rows[record_id] = row
-            return rows, len(missing), "snapshot, directory unchanged", (dir_mtime, saved_at)
-    listed = set(ids)
-    for record_id in [i for i in rows if i not in listed]:
-        del rows[record_id]
-    cutoff = saved_at - SLACK_NS
-    reread = 0
-    for record_id in ids:
-        if record_id in rows:
-            try:
-                if os.stat(directory / f"{record_id}.json").st_mtime_ns < cutoff:
-                    continue
-            except FileNotFoundError:
-                del rows[record_id]
-                continue
-        reread += 1
-        row = read(record_id)
-        if row is None:
-            rows.pop(record_id, None)
-        else:
-            rows[record_id] = row
-    return rows, reread, "snapshot, changed files read again", true_at
-
-
-def save(snapshot: Path, directory: Path, version: str, rows: dict[int, Row], true_at: Stamp | None) -> None:
-    """Write the snapshot of ``rows``, true of the files as of ``true_at`` (blocking: call in a thread)."""
     if true_at is None:
         return
-    dir_mtime, true_at = true_at
+    dir_mtime, saved_at = true_at
+    table = [(name, "B*" if isinstance(col, (bytes, bytearray)) else col.typecode,
+              len(col) if isinstance(col, (bytes, bytearray)) else len(col) * col.itemsize)
+             for name, col in columns.items()]
+    header = marshal.dumps((FORMAT, sys.byteorder, version, str(directory), dir_mtime, saved_at, meta, table))
+    parts = [MAGIC, len(header).to_bytes(8, "little"), header]
+    parts += [memoryview(col).cast("B") if not isinstance(col, (bytes, bytearray)) else col
+              for col in columns.values()]
     snapshot.parent.mkdir(parents=True, exist_ok=True)
-    payload = marshal.dumps((FORMAT, version, str(directory), dir_mtime, true_at, rows))
-    write_bytes(snapshot, payload)
+    write_bytes(snapshot, parts)
 
 
 def drop(snapshot: Path) -> None:
@@ -154,61 +137,117 @@ def drop(snapshot: Path) -> None:
         pass
 
 
-def _read_snapshot(snapshot: Path, directory: Path, version: str) -> tuple[dict[int, Row], int, int] | None:
+def _header(fh) -> tuple:
+    if fh.read(len(MAGIC)) != MAGIC:
+        raise ValueError("not a snapshot of this format")
+    size = int.from_bytes(fh.read(8), "little")
+    if not 0 < size < _HEADER_MAX:
+        raise ValueError("a header of impossible length")
+    head = marshal.loads(fh.read(size))
+    if not isinstance(head, tuple) or len(head) != 8 or head[0] != FORMAT or head[1] != sys.byteorder:
+        raise ValueError("not a snapshot of this format")
+    return head
+
+
+def read(snapshot: Path, directory: Path, version: str, only: tuple[str, ...] | None = None) -> Saved | None:
+    """The snapshot of ``directory`` (None: none, another's, or unreadable; blocking).
+
+    ``only`` reads just those columns.
+    """
     try:
         with open(snapshot, "rb") as fh:
-            fmt, ver, where, dir_mtime, true_at, rows = marshal.loads(fh.read())
+            _f, _o, ver, where, dir_mtime, saved_at, meta, table = _header(fh)
+            if ver != version or where != str(directory):
+                return None
+            columns: dict[str, Any] = {}
+            for name, typecode, size in table:
+                if only is not None and name not in only:
+                    fh.seek(size, os.SEEK_CUR)
+                    continue
+                data = fh.read(size)
+                if len(data) != size:
+                    raise ValueError(f"column {name} cut short")
+                if typecode == "B*":
+                    columns[name] = data
+                else:
+                    col = array(typecode)
+                    col.frombytes(data)
+                    columns[name] = col
+                del data
+            if fh.read(1):
+                raise ValueError("bytes after the last column")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError, TypeError) as exc:
         log.warning("ignoring the unreadable snapshot %s: %s", snapshot, exc)
         return None
-    if fmt != FORMAT or ver != version or where != str(directory) or not isinstance(rows, dict):
-        return None
-    return rows, dir_mtime, true_at
+    return Saved(meta, columns, dir_mtime, saved_at)
 
 
-def changed_since(directory: Path, saved_at: int, started_at: int) -> list[int]:
-    """Ids whose file changed after a snapshot was true (less the slack) and before ``started_at`` (blocking)."""
-    cutoff = saved_at - SLACK_NS
+def differences(directory: Path, cutoff: int, until: int | None, known: Callable[[int], bool],
+                held: Callable[[], Iterable[int]], held_count: int) -> list[int]:
+    """Ids where the files and a catalogue may differ (blocking: a worker thread).
+
+    Files the catalogue does not know, files changed at or after ``cutoff``
+    (and before ``until``, when given), and ids the catalogue holds
+    (``held``: ``held_count`` of them) whose file is not listed.  The caller
+    reads each again under its lock: this is a list of suspects, and a write
+    racing the listing only adds a suspect that turns out unchanged.
+    """
     out = []
+    listed_known = 0
     try:
-        names = os.listdir(directory)
+        entries = os.scandir(directory)
     except FileNotFoundError:
-        return out
-    for record_id in record_ids(names):
+        entries = None
+    names: set[int] | None = None
+    if entries is not None:
+        with entries:
+            for entry in entries:
+                name = entry.name
+                if not (name.endswith(".json") and name[:-5].isdigit() and name[0] != "0"):
+                    continue
+                record_id = int(name[:-5])
+                if not known(record_id):
+                    out.append(record_id)
+                    continue
+                listed_known += 1
+                try:
+                    mtime = entry.stat().st_mtime_ns
+                except FileNotFoundError:
+                    continue
+                if mtime >= cutoff and (until is None or mtime < until):
+                    out.append(record_id)
+    if listed_known != held_count:  # a held row without a file (rare: list the names once more)
         try:
-            mtime = os.stat(directory / f"{record_id}.json").st_mtime_ns
+            names = set(record_ids(os.listdir(directory)))
         except FileNotFoundError:
-            continue
-        if cutoff <= mtime < started_at:
-            out.append(record_id)
-    return out
+            names = set()
+        out.extend(record_id for record_id in held() if record_id not in names)
+    return sorted(set(out))
 
 
 def verify(snapshot: Path) -> tuple[str, list[int]] | None:
-    """For fsck: (the directory, ids of files changed in place since) if the next start would trust
-    ``snapshot`` although files changed behind it; ("", []) for an unreadable snapshot; None if sound."""
+    """For fsck: (the directory, ids where the tree differs) if the next start would trust
+    ``snapshot`` although the tree differs from it; ("", []) for an unreadable snapshot; None if sound."""
     try:
         with open(snapshot, "rb") as fh:
-            fmt, _ver, where, dir_mtime, saved_at, _rows = marshal.loads(fh.read())
+            _f, _o, ver, where, dir_mtime, saved_at, meta, _table = _header(fh)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, EOFError, TypeError):
         return "", []
-    if fmt != FORMAT:
-        return "", []
     directory = Path(where)
     try:
-        if os.stat(directory).st_mtime_ns != dir_mtime:
-            return None  # the next start reads the changed files again by itself
+        if os.stat(directory).st_mtime_ns != dir_mtime or dir_mtime >= saved_at - TICK_NS:
+            return None  # the next start lists the directory and reads the changed files by itself
     except FileNotFoundError:
         return None
-    changed = []
-    for record_id in record_ids(os.listdir(directory)):
-        try:
-            if os.stat(directory / f"{record_id}.json").st_mtime_ns > saved_at:
-                changed.append(record_id)
-        except FileNotFoundError:
-            continue
-    return (str(directory), changed) if changed else None
+    saved = read(snapshot, directory, ver, only=("ids",))
+    if saved is None or "ids" not in saved.columns:
+        return "", []
+    held = set(saved.columns["ids"])
+    if isinstance(meta, dict):
+        held.update(meta.get("damaged", {}))
+    found = differences(directory, saved_at, None, held.__contains__, lambda: held, len(held))
+    return (str(directory), found) if found else None

@@ -9,19 +9,25 @@ runs).  Ids are random integers in ``[2**40, 2**53)``.  Files are written by
 :class:`storaged.store.records.RecordStore` (temp + fsync + rename + fsync of
 the directory, per-record file lock; see its protocol).
 
-*In memory.*  Every record, and a :class:`TimeIndex` over their spans, built
-from the tree in a worker thread the first time the catalogue is used (the
-app's start-up does that) and swapped in whole; it is a cache - deleting it
-loses nothing.  Every write changes the file first and then the memory, both
-under one per-id asyncio lock (striped), so the memory follows the files in
-the order the writes happened; a failed write leaves the memory as it was.
+*In memory.*  The record store's :class:`~storaged.store.catalogue.Catalogue`
+(the same compact columns, span index and checked start-up snapshot as the
+sessions family's, see there): every record as the memory keeps it (times
+normalised to canonical RFC 3339), faceted and span-indexed by capture
+source, built from the tree in a worker thread the first time the catalogue
+is used (the app's start-up does that) and swapped in whole; it is a cache -
+deleting it loses nothing.  Every write changes the file first and then the
+memory (the store does both under the record's lock, inside one per-id
+asyncio lock, striped), so the memory follows the files in the order the
+writes happened; a failed write leaves the memory as it was.
 
 *What a reader sees.*  GET and queries read the memory: a write is visible
 as soon as its request answers, never before its file is durable.
 
 *What a crash leaves.*  What RecordStore leaves (at worst a stray temp file);
 the memory is rebuilt from the files on the next start.  A record edited by
-hand is seen after a restart; an unreadable one is skipped with a warning.
+hand is seen after a restart (edited in place, not renamed: once the
+start-up verification has run, see :mod:`storaged.store.snapshot`); an
+unreadable one is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -38,16 +44,14 @@ from typing import Any, NamedTuple
 
 from storaged.errors import BadRequest, Conflict, NotFound
 from storaged.schema import documents, nullable, object_schema, schema_of
+from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
-from storaged.store import snapshot
-from storaged.store.records import MAX_SAFE_INT, SNAPSHOT_AFTER_READS, RecordStore
+from storaged.store.records import MAX_SAFE_INT, RecordStore
 from storaged.videostreams import times
-from storaged.store.timeindex import TimeIndex
 
 log = logging.getLogger("storaged.videostreams")
 
 KIND = "videostreams"
-SNAPSHOT_VERSION = "videostreams-1"
 FIELDS = ("startTime", "endTime", "stream_url", "capturesource")
 MAX_URL_LENGTH = 8192
 _CURSOR = re.compile(r"^(-?[0-9]{1,20})\.([0-9]{1,16})$")
@@ -85,17 +89,11 @@ class VideostreamCatalogue:
     """
 
     def __init__(self, layout: Layout) -> None:
-        self.store = RecordStore(layout, KIND, ids="random53")
-        # id -> (id, startTime, endTime, stream_url, capturesource): tuples, not
-        # dicts, keep 100k records in a third of the memory.
-        self._records: dict[int, Row] = {}
-        self._index = TimeIndex()
+        self.memory = Catalogue(KIND, ("capturesource",), span=_span, span_group="capturesource")
+        self.store = RecordStore(layout, KIND, ids="random53", catalogue=self.memory, parse=self._parse_file)
         self._loaded = False
         self._load_lock = asyncio.Lock()
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
-        self._snapshot = snapshot.path_for(layout.root, KIND)
-        self._trusted_snapshot_at: int | None = None
-        self._started_ns = time.time_ns()
 
     # -- loading -------------------------------------------------------------
     async def load(self) -> None:
@@ -106,89 +104,32 @@ class VideostreamCatalogue:
             if self._loaded:
                 return
             t0 = time.monotonic()
-            records, index, skipped = await asyncio.to_thread(self._load_blocking)
-            self._records, self._index, self._loaded = records, index, True
-            log.info("videostreams: loaded %d records in %.2fs%s", len(records), time.monotonic() - t0,
+            await self.store.load()
+            self._loaded = True
+            skipped = len(self.memory.damaged)
+            log.info("videostreams: loaded %d records in %.2fs%s", len(self.memory), time.monotonic() - t0,
                      f" ({skipped} unreadable skipped)" if skipped else "")
 
-    def _load_blocking(self) -> tuple[dict[int, Row], TimeIndex, int]:
-        """The memory from a snapshot checked against the tree, reading only the files it cannot vouch for."""
-        directory = self.store.dir
-        skipped = 0
-
-        def read(record_id: int) -> tuple[Row, int, int | None] | None:
-            nonlocal skipped
-            try:
-                return self._parse_file(record_id)
-            except FileNotFoundError:
-                return None
-            except (OSError, ValueError, BadRequest) as exc:
-                skipped += 1
-                log.warning("videostreams: skipping unreadable record %s.json: %s", record_id, exc)
-                return None
-
-        rows, read_count, how, true_at = snapshot.load(self._snapshot, directory, SNAPSHOT_VERSION, read)
-        if how == "snapshot, directory unchanged":
-            self._trusted_snapshot_at = true_at[1]
-        elif read_count > SNAPSHOT_AFTER_READS:
-            snapshot.save(self._snapshot, directory, SNAPSHOT_VERSION, rows, true_at)
-        log.info("videostreams: %s; %d files read", how, read_count)
-        records = {record_id: row for record_id, (row, _s, _e) in rows.items()}
-        index = TimeIndex.build((record_id, start, end, row[4]) for record_id, (row, start, end) in rows.items())
-        return records, index, skipped
-
-    def _parse_file(self, record_id: int) -> tuple[Row, int, int | None]:
-        with open(self.store.path(record_id), "rb") as fh:
-            text = fh.read().decode()
+    def _parse_file(self, record_id: int, data: bytes) -> dict[str, Any]:
+        """A record file as the memory keeps it (ValueError: not a videostream record)."""
+        text = data.decode()
         parsed = _parse_own(text, record_id)
-        if parsed is None:  # not byte for byte as written here: the full check
-            record, start, end = self._from_disk(_decode(text)[0], record_id)
-            parsed = _row(record), start, end
-        return parsed
+        if parsed is not None:
+            return _as_dict(parsed[0])
+        try:
+            record, _start, _end = self._from_disk(_decode(text)[0], record_id)
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
+        return record
 
     async def check_snapshot(self) -> int:
-        """After a start that trusted a snapshot: read again the files changed in place behind its back."""
-        saved_at, self._trusted_snapshot_at = self._trusted_snapshot_at, None
-        if saved_at is None:
-            return 0
-        maybe = await asyncio.to_thread(snapshot.changed_since, self.store.dir, saved_at, self._started_ns)
-        changed = 0
-        for record_id in maybe:
-            async with self._lock_for(record_id):
-                try:
-                    row, start, end = await asyncio.to_thread(self._parse_file, record_id)
-                except (OSError, ValueError, BadRequest):
-                    row = None
-                if row == self._records.get(record_id):
-                    continue
-                changed += 1
-                self._forget(record_id)
-                if row is not None:
-                    self._remember(_as_dict(row), start, end)
-        if changed:
-            log.warning("videostreams: %d record files were changed in place while the daemon was stopped; "
-                        "read again", changed)
-        return changed
+        """After a start that trusted a snapshot: compare the tree with the memory (see RecordStore)."""
+        return await self.store.check_snapshot()
 
     async def close(self) -> None:
         """At a clean stop (nothing writes any more): a snapshot for the next start."""
-        if not self._loaded:
-            return
-        records = dict(self._records)
-        index = self._index
-
-        def save() -> None:
-            rows = {}
-            for record_id, row in records.items():
-                start, end, _source = index.get(record_id)
-                rows[record_id] = (row, start, end)
-            snapshot.save(self._snapshot, self.store.dir, SNAPSHOT_VERSION, rows,
-                          snapshot.quiet_stamp(self.store.dir))
-
-        try:
-            await asyncio.to_thread(save)
-        except OSError as exc:
-            log.warning("videostreams: no snapshot written (%s); the next start reads every record", exc)
+        if self._loaded:
+            await self.store.close()
 
     @staticmethod
     def _from_disk(raw: Any, record_id: int) -> tuple[dict[str, Any], int, int | None]:
@@ -217,10 +158,10 @@ class VideostreamCatalogue:
     async def get(self, id: int | str) -> dict[str, Any]:
         await self.load()
         record_id = self.parse_id(id)
-        row = self._records.get(record_id)
-        if row is None:
+        record = self.memory.get(record_id)
+        if record is None:
             raise NotFound(f"videostream {record_id} not found")
-        return _as_dict(row)
+        return _ordered(record)
 
     async def query(self, start: TimeLike = None, end: TimeLike = None, capturesource: int | None = None,
                     limit: int | None = None, cursor: str | None = None, offset: int = 0) -> QueryPage:
@@ -243,15 +184,15 @@ class VideostreamCatalogue:
             raise BadRequest("offset must be a non-negative integer", field="offset")
         after = None if cursor is None else _parse_cursor(cursor)
         # Every match (keys only, cheap): the envelope's total counts them all.
-        found = self._index.query(qs, qe, source=source, any_source=source is None)
+        found = self.memory.spans(qs, qe, group=source, any_group=source is None)
         total = len(found)
         begin = 0 if after is None else bisect_right(found, after)
         begin += offset
         stop = len(found) if limit is None else begin + limit
         page = found[begin:stop]
         next_cursor = f"{page[-1][0]}.{page[-1][1]}" if page and stop < len(found) else None
-        records = self._records
-        return QueryPage([_as_dict(records[record_id]) for _, record_id in page], next_cursor, total)
+        memory = self.memory
+        return QueryPage([_ordered(memory.get(record_id)) for _, record_id in page], next_cursor, total)
 
     # -- writing -------------------------------------------------------------
     async def create(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -266,8 +207,6 @@ class VideostreamCatalogue:
         record = _render(0, start, end, change["stream_url"], change.get("capturesource"))
         del record["id"]  # RecordStore draws it
         stored = await self.store.create(record)
-        async with self._lock_for(stored["id"]):
-            self._remember(stored, start, end)
         return dict(stored)
 
     async def update(self, id: int | str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -295,9 +234,7 @@ class VideostreamCatalogue:
             try:
                 await self.store.delete(record_id)
             except NotFound:
-                self._forget(record_id)
                 raise NotFound(f"videostream {record_id} not found") from None
-            self._forget(record_id)
 
     async def start_live(self, stream_url: str, capturesource: int | None = None,
                          start: TimeLike = None) -> dict[str, Any]:
@@ -327,26 +264,15 @@ class VideostreamCatalogue:
             try:
                 new = await self.store.update(record_id, apply)
             except NotFound:
-                self._forget(record_id)
                 raise NotFound(f"videostream {record_id} not found") from None
-            record, start, end = self._from_disk(new, record_id)
-            self._remember(record, start, end)
-            return dict(record)
+            return _ordered(new)
 
     # -- memory --------------------------------------------------------------
     def _lock_for(self, record_id: int) -> asyncio.Lock:
         return self._locks[record_id % _LOCK_STRIPES]
 
-    def _remember(self, record: dict[str, Any], start: int, end: int | None) -> None:
-        self._index.add(record["id"], start, end, record["capturesource"])
-        self._records[record["id"]] = _row(record)
-
-    def _forget(self, record_id: int) -> None:
-        self._index.remove(record_id)
-        self._records.pop(record_id, None)
-
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self.memory)
 
     def parse_id(self, raw: Any) -> int:
         try:
@@ -382,6 +308,18 @@ def _parse_own(text: str, record_id: int) -> tuple[Row, int, int | None] | None:
     if source is not None and source > MAX_SAFE_INT:
         return None
     return (record_id, start_text, end_text, url, source), start, end
+
+
+def _span(record: dict[str, Any]) -> tuple[int, int | None]:
+    """A held record's span in microseconds (its times are canonical: see ``_parse_file``)."""
+    start = times.parse_canonical(record["startTime"])
+    end = record["endTime"]
+    return start, None if end is None else times.parse_canonical(end)
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    """The API's field order (the memory keeps sorted keys)."""
+    return {name: record[name] for name in ("id", "startTime", "endTime", "stream_url", "capturesource")}
 
 
 def _row(record: dict[str, Any]) -> Row:
