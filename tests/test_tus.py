@@ -14,6 +14,7 @@ import time
 from storaged.ops.api import JANITOR
 from storaged.app import create_app
 from storaged.config import Config
+from storaged.uploads.service import Uploads
 from tests.helpers import wait_until
 from tests.ops_helpers import free_bytes, mount_tmpfs, umount
 
@@ -339,25 +340,45 @@ async def test_restart_truncates_uncommitted_bytes_and_recomputes_the_hash(make_
     assert resp.status == 204 and resp.headers["File-Id"] == hashlib.sha256(body).hexdigest()
 
 
-async def test_finished_but_unpublished_upload_is_published_at_start(make_client, data_dir):
-    body = os.urandom(100_000)
+async def crashed_before_publishing(make_client, data_dir, body: bytes) -> str:
+    """An upload as a crash between its last commit and publishing leaves it: its url."""
     client = await make_client()
     url = await create(client, len(body))
     upload_dir = data_dir / "uploads" / url.rsplit("/", 1)[1]
-    # What a crash between the last commit and publishing leaves:
     (upload_dir / "data").write_bytes(body)
     info = info_of(data_dir, url)
     (upload_dir / "info.json").write_text(json.dumps({**info, "offset": len(body),
                                                       "sha256": hashlib.sha256(body).hexdigest()}))
     await client.close()
+    return url
+
+
+async def test_finished_but_unpublished_upload_is_published_at_start(make_client, data_dir):
+    body = os.urandom(100_000)
+    url = await crashed_before_publishing(make_client, data_dir, body)
     client = await make_client()
-    from tests.helpers import wait_until
     file_id = hashlib.sha256(body).hexdigest()
 
-    async def published():
-        return (await client.get(f"/upload/{file_id}")).status == 200
-    await wait_until(published, what="start-up to publish the finished upload")
+    # Unasked (no request on the upload): start-up publishes it, and records that in its info last.
+    await wait_until(lambda: asyncio.sleep(0, info_of(data_dir, url).get("file_id")),
+                     what="start-up to publish the finished upload")
+    assert info_of(data_dir, url)["file_id"] == file_id
+    assert (await client.get(f"/upload/{file_id}")).status == 200
     assert (await head(client, url)).headers["File-Id"] == file_id
+
+
+async def test_a_head_before_start_up_publishes_the_upload_gets_its_file_id(make_client, data_dir, monkeypatch):
+    """A client resuming right after a restart must not see its upload complete without a File-Id (start-up
+    publishes in the background: here it has not come to this upload yet)."""
+    body = os.urandom(100_000)
+    url = await crashed_before_publishing(make_client, data_dir, body)
+    monkeypatch.setattr(Uploads, "recover", lambda self: asyncio.sleep(0, 0))
+    client = await make_client()
+    file_id = hashlib.sha256(body).hexdigest()
+    resp = await head(client, url)
+    assert resp.headers["Upload-Offset"] == str(len(body)) and resp.headers["File-Id"] == file_id
+    assert (await client.get(f"/upload/{file_id}")).status == 200
+    assert (await (await client.get(url, headers=T)).json())["file_id"] == file_id
 
 
 async def test_expired_upload_is_410_then_removed_by_the_janitor(make_client, data_dir):

@@ -37,12 +37,15 @@ the digest as ``sha256``: completion never re-reads the bytes.
 ``data`` is published through ``ObjectStore.publish`` -- the same path as
 ``POST /upload``: same meta, dedupe, object lock -- and info.json gets
 ``file_id``.  A crash in between leaves ``sha256`` without ``file_id``;
-start-up (and the next request on the upload) publishes it again.
+start-up (and the next request on the upload, HEAD and GET included)
+publishes it again.  A final concatenation is placed with ``sha256`` and
+published next, so a reader can meet that state without a crash too.
 
 *Locks.*  One lock per upload (``locks/uploads/<id>.lock``): PATCH, DELETE,
 concatenation, publishing and the janitor take it; HEAD and GET read info.json
-without it.  A second writer waits up to ``LOCK_WAIT`` seconds, then gets
-423: bytes of two PATCHes are never interleaved.  Order: the upload's lock,
+without it (unless they find it finished but unpublished: they publish it).
+A second writer waits up to ``LOCK_WAIT`` seconds, then gets 423: bytes of
+two PATCHes are never interleaved.  Order: the upload's lock,
 then the object's (in publish).  A final concatenation takes its partials'
 locks one at a time, never two at once.
 
@@ -328,9 +331,16 @@ class Uploads:
             raise Gone(f"upload expired: {info['id']}")
 
     async def get(self, upload_id: str) -> dict[str, Any]:
+        """The upload's info; one that finished but is not yet published (a crash, or start-up has not
+        reached it) is published first, so a client resuming never sees it complete without ``file_id``."""
         check_upload_id(upload_id)
         info = await asyncio.to_thread(self._read_info, upload_id)
         self._check_live(info)
+        if info.get("sha256") and not info.get("file_id"):
+            try:
+                info = await self._publish_finished(upload_id) or info
+            except (StoragedError, OSError, ValueError, Timeout) as exc:  # the next request tries again
+                log.warning("uploads: could not publish finished upload %s: %s", upload_id, exc)
         return info
 
     def expires(self, info: dict[str, Any]) -> float | None:
@@ -524,14 +534,22 @@ class Uploads:
                 info = await asyncio.to_thread(self._read_info, upload_id)
                 if not info.get("sha256") or info.get("file_id"):
                     continue
-                async with self._lock(upload_id):
-                    info = await asyncio.to_thread(self._read_info, upload_id)
-                    if info.get("sha256") and not info.get("file_id"):
-                        await self._publish(upload_id, info)
-                        done += 1
+                if await self._publish_finished(upload_id) is not None:
+                    done += 1
             except (StoragedError, OSError, ValueError, Timeout) as exc:
                 log.warning("uploads: could not finish %s at start-up: %s", upload_id, exc)
         return done
+
+    async def _publish_finished(self, upload_id: str) -> dict[str, Any] | None:
+        """Publish an upload found finished but unpublished (under its lock, so once); its info with
+        ``file_id`` after, whoever published it, or None if it is not finished."""
+        async with self._lock(upload_id):
+            info = await asyncio.to_thread(self._read_info, upload_id)
+            if not info.get("sha256"):
+                return None
+            if info.get("file_id"):
+                return info
+            return await self._publish(upload_id, info)
 
     # -- DELETE ------------------------------------------------------------------------
     async def terminate(self, upload_id: str) -> None:
