@@ -13,7 +13,7 @@ from storaged.api import expect, health
 from storaged.api.connections import Collector, ConnectionGuard
 from storaged.api.keys import AFTER_PUT, AUTH, BEFORE_DELETE, CONNECTIONS, CONFIG, ENSURE_LOCAL, INFLIGHT, JOBS, \
     LAYOUT, OBJECTS, READ_THROUGH, TIMELINE_MARKS, TOKEN_GATE, Deps
-from storaged.api.middleware import AuthThrottle, InFlight, errors_middleware, token_gate, token_middleware
+from storaged.api.middleware import AuthThrottle, Front, InFlight, token_gate
 from storaged.families import FAMILIES
 from storaged.ops import api as ops
 from storaged.tier import api as tier_api
@@ -29,14 +29,14 @@ log = logging.getLogger("storaged")
 
 def create_app(config: Config) -> web.Application:
     inflight = InFlight()
-    middlewares = [inflight.middleware, errors_middleware]
     auth = AuthThrottle(config.auth_max_failures, config.auth_failure_window)
     gate = token_gate(config.token, auth) if config.token else None
-    if gate is not None:
-        middlewares.append(token_middleware(gate))
+    # One middleware for every request (storaged.api.middleware); families and ops register their
+    # parts of it through deps.front.
+    front = Front(inflight, gate)
     # Uploads stream through request.content and never hit client_max_size;
     # the limit here only bounds JSON/form bodies read whole.
-    app = web.Application(middlewares=middlewares, client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[front.middleware], client_max_size=16 * 1024 * 1024)
     layout = Layout(config.data_dir)
     app[CONFIG] = config
     app[INFLIGHT] = inflight
@@ -50,7 +50,8 @@ def create_app(config: Config) -> web.Application:
                           use_zygote=config.job_zygote)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_jobs_ctx)
-    deps = Deps(config=config, layout=layout, objects=app[OBJECTS], jobs=app[JOBS], inflight=inflight)
+    deps = Deps(config=config, layout=layout, objects=app[OBJECTS], jobs=app[JOBS], inflight=inflight,
+                front=front)
     app[BEFORE_DELETE] = deps.before_delete
     app[AFTER_PUT] = deps.after_put
     app[READ_THROUGH] = deps.read_through

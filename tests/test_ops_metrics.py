@@ -102,3 +102,34 @@ async def test_each_app_has_its_own_registry(aiohttp_client, data_dir, tmp_path)
     fa, fb = await asyncio.gather(scrape(a), scrape(b))
     assert value(fa, "storaged_http_requests", "storaged_http_requests_total", route="/healthz") == 2
     assert value(fb, "storaged_http_requests", "storaged_http_requests_total", route="/healthz") is None
+
+
+def test_request_tally_renders_what_prometheus_client_would():
+    """The hot-path tally (plain dicts) gives the same samples as prometheus_client's Counter and
+    Histogram fed the same requests: cumulative buckets, a value on a bound counted in that bucket."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from storaged.ops.metrics import LATENCY_BUCKETS, Metrics
+
+    ours = Metrics()
+    registry = CollectorRegistry()
+    counter = Counter("storaged_http_requests", "x", ["method", "route", "status"], registry=registry)
+    histogram = Histogram("storaged_http_request_duration_seconds", "x", ["method", "route"],
+                          buckets=LATENCY_BUCKETS, registry=registry)
+    requests = [("GET", "/a", 200, 0.0004), ("GET", "/a", 200, 0.005), ("GET", "/a", 404, 0.005),
+                ("POST", "/b", 507, 31.0), ("BREW", "/a", 200, 0.0025), ("GET", "/a", 200, 2.0)]
+    for method, route, status, seconds in requests:
+        ours.observe(method, route, status, seconds)
+        label = method if method != "BREW" else "other"
+        counter.labels(label, route, str(status)).inc()
+        histogram.labels(label, route).observe(seconds)
+
+    def samples(text: bytes) -> set:
+        return {(s.name, tuple(sorted(s.labels.items())), round(s.value, 9))
+                for f in text_string_to_metric_families(text.decode()) for s in f.samples
+                if f.name in ("storaged_http_requests", "storaged_http_request_duration_seconds")
+                and not s.name.endswith("_created")}
+
+    expected = samples(generate_latest(registry))
+    assert len(expected) == 4 + 3 * (len(LATENCY_BUCKETS) + 3)  # 4 counters; 3 histograms: buckets, +Inf, count, sum
+    assert samples(ours.render()) == expected

@@ -147,7 +147,8 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head(self._loop.time())
+        self._start_head(self._loop.time())
+        self._arm_head()
         self._stop_idle_timer()  # the first request is under the head rule from accept
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -166,7 +167,7 @@ class GuardedHandler(RequestHandler):
         if in_body:
             self.body_bytes += len(data)
         elif data and self.head_deadline is None:
-            self._arm_head(now)  # a new head begins: idle is over
+            self._start_head(now)  # a new head begins: idle is over
             self._stop_idle_timer()
         queued = len(self._messages)
         super().data_received(data)
@@ -175,12 +176,19 @@ class GuardedHandler(RequestHandler):
             payload = self._messages[-1][1]
             if not payload.is_eof():
                 self.body, self.body_bytes, self.window_start = payload, 0, now
+        elif self.head_deadline is not None and self.head_timer is None:
+            self._arm_head()  # the head goes on past this read: now it needs its timer
 
-    def _arm_head(self, now: float) -> None:
-        # A timer per head, not the sweep: heads of a slowloris expire spread out as they were
-        # opened, each its own short callback, instead of thousands in one sweep.
+    def _start_head(self, now: float) -> None:
+        # The deadline counts from the head's first byte; its timer is armed only when the head
+        # does not arrive whole in that read (the common case costs no timer).
         if self.guard.header_timeout > 0:
             self.head_deadline = now + self.guard.header_timeout
+
+    def _arm_head(self) -> None:
+        # A timer per head, not the sweep: heads of a slowloris expire spread out as they were
+        # opened, each its own short callback, instead of thousands in one sweep.
+        if self.head_deadline is not None:
             self.head_timer = self._loop.call_at(self.head_deadline, self._head_expired)
 
     def _disarm_head(self) -> None:

@@ -72,11 +72,16 @@ def refuse_unroutable(app: web.Application) -> None:
             resp.headers["Allow"] = exc.headers["Allow"]
         return _final(resp)
 
-    async def resolve_refusing_expect(request: web.Request):
+    async def resolve_expecting(request: web.Request):
         match = await resolve(request)
-        if isinstance(match, MatchInfoError) and request.headers.get("Expect"):
+        if isinstance(match, MatchInfoError):
             # SystemRoute is made per request: replacing its expect handler touches no other request.
             match.route._expect_handler = refuse_expect
         return match
+
+    def resolve_refusing_expect(request: web.Request):
+        # A plain function: a request without Expect (nearly all) awaits the router's own resolve,
+        # with no frame of ours around it.
+        return resolve_expecting(request) if request.headers.get("Expect") else resolve(request)
 
     app.router.resolve = resolve_refusing_expect

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from storaged.api.connections import ConnectionGuard
-from storaged.api.middleware import AuthThrottle, InFlight
+from storaged.api.middleware import AuthThrottle, Front, InFlight
 from storaged.config import Config
 from storaged.jobs.runner import JobRunner
 from storaged.store.layout import Layout
@@ -60,7 +60,8 @@ class Deps:
     ``read_through`` and ``ensure_local`` (each is also the app key of the
     same name in capitals), and the videostreams family sets
     ``videostreams`` before the recording family, which registers its runs
-    there, is set up.
+    there, is set up.  The uploads family hooks the ``/files`` subtree into
+    ``front`` (the one middleware) and ops adds its request observer there.
     """
 
     config: Config
@@ -68,6 +69,7 @@ class Deps:
     objects: ObjectStore
     jobs: JobRunner
     inflight: InFlight
+    front: Front  # the one middleware: a family's subtree hook (tus), ops' request observer
     providers: list["Provider"] = field(default_factory=list)
     before_delete: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
     after_put: list[Callable[[dict], Any]] = field(default_factory=list)

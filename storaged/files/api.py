@@ -12,7 +12,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 from storaged.api.expect import continue_unless
 from storaged.api.keys import AFTER_PUT, BEFORE_DELETE, CONFIG, LAYOUT, OBJECTS, READ_THROUGH, Deps
-from storaged.api.sendfile import send_bytes, send_file
+from storaged.api.sendfile import BytesAnswer, send_file
 from storaged.files import pins
 from storaged.files.provider import FilesProvider
 from storaged.errors import BadRequest, PayloadTooLarge
@@ -159,8 +159,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     disposition = "attachment" if "dl" in request.query else "inline"
     entry = objects.small.get(file_id)
     if entry is not None and disposition in entry.extra:
-        return send_bytes(request, entry.data, etag=file_id, mtime=entry.mtime, content_type=entry.content_type,
-                          headers=entry.extra[disposition])
+        return entry.extra[disposition].respond(request)  # a hit: no thread, no date formatted
     path, meta = await objects.open_path(file_id)
     headers = {
         "Cache-Control": IMMUTABLE,
@@ -170,9 +169,9 @@ async def download(request: web.Request) -> web.StreamResponse:
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         entry = await objects.small_object(file_id, meta, ctype)
     if entry is not None:
-        entry.extra[disposition] = headers
-        return send_bytes(request, entry.data, etag=file_id, mtime=entry.mtime, content_type=entry.content_type,
-                          headers=headers)
+        answer = entry.extra[disposition] = BytesAnswer(entry.data, etag=file_id, mtime=entry.mtime,
+                                                        content_type=entry.content_type, headers=headers)
+        return answer.respond(request)
     if request.app[READ_THROUGH] and not await asyncio.to_thread(path.exists):
         # Evicted to the storage tier: served from there.
         for hook in request.app[READ_THROUGH]:

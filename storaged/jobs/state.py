@@ -48,6 +48,9 @@ class JobState:
     stderr: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     worker: ProcessIdentity | None = None
+    # What the HTTP layer renders from a finished state once (the runner caches finished states,
+    # and polls ask for the same one many times a second).  Not part of the state.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def final(self) -> bool:
@@ -55,6 +58,7 @@ class JobState:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out.pop("memo")
         out["worker"] = self.worker.to_json() if self.worker else None
         return out
 

@@ -1,10 +1,9 @@
-"""Operations: /metrics, the janitor task and the request-metrics middleware."""
+"""Operations: /metrics, the janitor task and the request metrics (an observer of the one middleware)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -30,8 +29,8 @@ def setup(app: web.Application, deps: Deps) -> None:
                            providers=deps.providers)
     for collector in deps.collectors:
         app[METRICS].registry.register(collector)
-    # Outermost, so it sees the status the client gets (after the error middleware rendered it).
-    app.middlewares.insert(0, _metrics_middleware)
+    # The middleware calls it with the status the client gets (errors rendered, tus headers added).
+    deps.front.observers.append(_request_observer(app[METRICS], app))
     app.cleanup_ctx.append(lambda app: _ops_ctx(app, deps))
     app.add_routes(routes)
     openapi.describe("GET /metrics", responses={"200": openapi.answer("Prometheus text format", {"type": "string"},
@@ -77,24 +76,13 @@ def route_label(request: web.Request) -> str:
     return resource.canonical
 
 
-@web.middleware
-async def _metrics_middleware(request: web.Request, handler) -> web.StreamResponse:
-    began = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status = 499  # the client went away
-        raise
-    finally:
-        request.app[METRICS].observe(request.method, route_label(request), status, time.perf_counter() - began)
+def _request_observer(metrics: Metrics, app: web.Application):
+    def observe(request: web.Request, status: int, seconds: float) -> None:
+        metrics.observe(request.method, route_label(request), status, seconds)
         if status == 507:
-            poke_janitor(request.app)
+            poke_janitor(app)
+
+    return observe
 
 
 @routes.get("/metrics")

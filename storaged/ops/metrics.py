@@ -6,20 +6,24 @@ Bytes and files per kind of data, objects and jobs by state come from a walk
 of the tree that runs in a thread every ``metrics_interval`` and is cached;
 a scrape only reads the cache (and one ``statvfs``), so scraping never walks
 the tree.  Live figures (recordings, cameras, janitor counters) are read from
-the services when the scrape happens.  Each app has its own
+the services when the scrape happens.  Request counts and latencies are
+plain tallies the event loop adds to (every request: no lock, no
+prometheus_client value object on the hot path) and a scrape renders.  Each app has its own
 ``CollectorRegistry``, so many apps in one process never collide.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from storaged.config import Config
 from storaged.jobs.queue import entries as queue_entries
@@ -79,30 +83,60 @@ class Metrics:
     def __init__(self, live: Callable[[], dict[str, Any]] = dict, providers: Iterable[Provider] = ()) -> None:
         self.providers = providers
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("storaged_http_requests", "HTTP requests by method, route template and status.",
-                                ["method", "route", "status"], registry=self.registry)
-        self.latency = Histogram("storaged_http_request_duration_seconds",
-                                 "Time to a response (headers ready) by method and route template.",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.requests = RequestTally()
         self.usage: Usage | None = None
         self.disk: tuple[int, int] | None = None
         self.live = live
+        self.registry.register(self.requests)
         self.registry.register(_StateCollector(self))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        # Labelled children are looked up once per (method, route, status): labels() costs more than inc().
-        label = method if method in METHODS else "other"
-        key = (label, route, status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(label, route, str(status)),
-                                              self.latency.labels(label, route))
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.observe(method if method in METHODS else "other", route, status, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RequestTally:
+    """HTTP requests by (method, route, status) and their latency by (method, route), as a collector.
+
+    Called on the event loop for every request, so it is a dict lookup and a few additions;
+    prometheus_client's Counter and Histogram take a lock per value and cost several times more.
+    """
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # (method, route) -> [count per bucket (not cumulative; the last is +Inf), sum of seconds]
+        self.latency: dict[tuple[str, str], list] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        entry = self.latency.get(key[:2])
+        if entry is None:
+            entry = self.latency[key[:2]] = [[0] * (len(LATENCY_BUCKETS) + 1), 0.0]
+        entry[0][bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        entry[1] += seconds
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        requests = CounterMetricFamily("storaged_http_requests", "HTTP requests by method, route template and status.",
+                                       labels=["method", "route", "status"])
+        for (method, route, status), n in list(self.counts.items()):
+            requests.add_metric([method, route, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily("storaged_http_request_duration_seconds",
+                                        "Time to a response (headers ready) by method and route template.",
+                                        labels=["method", "route"])
+        for (method, route), (counts, total) in list(self.latency.items()):
+            buckets, running = [], 0
+            for bound, n in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"), counts):
+                running += n
+                buckets.append((bound, running))
+            latency.add_metric([method, route], buckets, total)
+        yield latency
 
 
 class _StateCollector:

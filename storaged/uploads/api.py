@@ -48,7 +48,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     app[UPLOADS] = Uploads(deps.layout, deps.objects, max_size=config.max_upload_size,
                            expiry=config.tus_expiry, chunk_size=config.upload_chunk_size)
     deps.providers.append(PROVIDER(deps.layout, config))
-    app.middlewares.insert(0, tus_middleware)  # outermost: every answer, errors and 401 too
+    deps.front.on_subtree("/files", TusHeaders())  # every answer under /files, errors and 401 too
     app.cleanup_ctx.append(_recover_ctx)
     app.add_routes(routes)
     for key, facts in OPERATION_FACTS.items():
@@ -64,42 +64,34 @@ async def _recover_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def _is_tus_path(path: str) -> bool:
-    return path == "/files" or path.startswith("/files/")
+class TusHeaders:
+    """Tus-Resumable on every answer under /files, 412 for another protocol version, CORS
+    (the hook the one middleware runs for the /files subtree, storaged.api.middleware)."""
 
+    def refuse(self, request: web.Request) -> web.StreamResponse | None:
+        method = request.headers.get("X-HTTP-Method-Override", request.method).upper()
+        # A URL that cannot name an upload is refused as such (400/404), whatever the protocol version.
+        upload_id = request.match_info.get("upload_id")
+        plausible = request.match_info.http_exception is None and (upload_id is None
+                                                                   or UPLOAD_ID_RE.match(upload_id))
+        if plausible and method in ("HEAD", "PATCH", "POST", "DELETE") \
+                and request.headers.get("Tus-Resumable") != TUS_VERSION:
+            return web.json_response({"error_message": f"unsupported Tus-Resumable "
+                                      f"{request.headers.get('Tus-Resumable')!r}: this server speaks {TUS_VERSION}"},
+                                     status=412, headers={"Tus-Version": TUS_VERSION})
+        return None
 
-@web.middleware
-async def tus_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Tus-Resumable on every answer under /files, 412 for another protocol version, CORS."""
-    if not _is_tus_path(request.path):
-        return await handler(request)
-    method = request.headers.get("X-HTTP-Method-Override", request.method).upper()
-    # A URL that cannot name an upload is refused as such (400/404), whatever the protocol version.
-    upload_id = request.match_info.get("upload_id")
-    plausible = request.match_info.http_exception is None and (upload_id is None or UPLOAD_ID_RE.match(upload_id))
-    if plausible and method in ("HEAD", "PATCH", "POST", "DELETE") \
-            and request.headers.get("Tus-Resumable") != TUS_VERSION:
-        resp = web.json_response({"error_message": f"unsupported Tus-Resumable "
-                                  f"{request.headers.get('Tus-Resumable')!r}: this server speaks {TUS_VERSION}"},
-                                 status=412, headers={"Tus-Version": TUS_VERSION})
-    else:
-        try:
-            resp = await handler(request)
-        except web.HTTPException as exc:  # 404/405 of the router: give them the tus headers too
-            resp = exc
-    resp.headers["Tus-Resumable"] = TUS_VERSION
-    origin = request.headers.get("Origin")
-    if origin:
-        resp.headers["Access-Control-Allow-Origin"] = origin
-        resp.headers["Vary"] = "Origin"
-        resp.headers["Access-Control-Expose-Headers"] = TUS_RESPONSE_HEADERS
-        if request.method == "OPTIONS":
-            resp.headers["Access-Control-Allow-Methods"] = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
-            resp.headers["Access-Control-Allow-Headers"] = TUS_REQUEST_HEADERS
-            resp.headers["Access-Control-Max-Age"] = "86400"
-    if isinstance(resp, web.HTTPException):
-        raise resp
-    return resp
+    def decorate(self, request: web.Request, resp: web.StreamResponse) -> None:
+        resp.headers["Tus-Resumable"] = TUS_VERSION
+        origin = request.headers.get("Origin")
+        if origin:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Vary"] = "Origin"
+            resp.headers["Access-Control-Expose-Headers"] = TUS_RESPONSE_HEADERS
+            if request.method == "OPTIONS":
+                resp.headers["Access-Control-Allow-Methods"] = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
+                resp.headers["Access-Control-Allow-Headers"] = TUS_REQUEST_HEADERS
+                resp.headers["Access-Control-Max-Age"] = "86400"
 
 
 # -- header parsing ----------------------------------------------------------------------
