@@ -270,58 +270,59 @@ def main() -> None:
         rebuild = float(m.group(2)) if m else float("nan")
         m = re.search(r"loaded (\d+) records in ([0-9.]+)s", (Path(tmp) / "first.log").read_text())
         first_rebuild = float(m.group(2)) if m else float("nan")
+        # Published before the temp dir goes: removing a million files takes minutes.
+        extra = "" if (args.records, args.queries, args.days, args.sources) == (100_000, 2000, 60, 10) else (
+            f" --records {args.records} --queries {args.queries} --days {args.days} --sources {args.sources}")
+        cold_row = (f"| the same with the page cache dropped first (`--cold`) | {cold_s:.2f} s (`/healthz` "
+                    f"{cold_healthy_s:.2f} s) | < 10 s |" if cold_s is not None else
+                    "| the same with the page cache dropped first | not measured (needs root) | < 10 s |")
+        lines = [
+            "Overlap queries over the catalogue (`GET /api/v1/videostreams?timespan[start]=&timespan[end]="
+            "&capturesource=`).",
+            "",
+            "```sh",
+            "." + f"/.venv/bin/python bench/videostreams_query.py{extra}{' --cold' if args.cold else ''} --write",
+            "```",
+            "",
+            f"{len(rows):,} videostreams over {args.days} days and {args.sources} capture sources (durations "
+            "log-uniform 30 s .. 6 h, the latest stream of each source still live), written as the daemon's "
+            f"JSON files; {len(windows):,} random windows (half 60 s, half 1 h), each for one random capture "
+            f"source; {res['answers']:,} matches in all (every engine gave the same ids in the same order). "
+            "SQLite is python's sqlite3, in memory, with an index on (capturesource, start), same rows, same run.",
+            "",
+            "| query engine | p50 | p99 |",
+            "| --- | --- | --- |",
+            f"| catalogue `query()` (span index + records, in-process) | {us(pct(res['service'], 50))} | "
+            f"{us(pct(res['service'], 99))} |",
+            f"| bare span index (`Catalogue.spans()`, ids only) | {us(pct(res['index'], 50))} | "
+            f"{us(pct(res['index'], 99))} |",
+            f"| SQLite, plain overlap query (`start <= qe AND (end IS NULL OR end >= qs)`) | "
+            f"{us(pct(res['plain'], 50))} | {us(pct(res['plain'], 99))} |",
+            f"| SQLite, tuned (`start BETWEEN qs - longest AND qe`, + live rows by a partial index) | "
+            f"{us(pct(res['tuned'], 50))} | "
+            f"{us(pct(res['tuned'], 99))} |",
+            f"| HTTP on loopback, real daemon, keep-alive client (goal p50 < 2 ms) | {us(pct(http, 50))} | "
+            f"{us(pct(http, 99))} |",
+            "",
+            "| daemon start-up | figure | goal |",
+            "| --- | --- | --- |",
+            f"| `storaged serve` spawn → first videostreams query answered, {res['records']:,} records, from the "
+            f"snapshot the last clean stop left, warm | {ready_s:.2f} s (`/healthz` {healthy_s:.2f} s) | < 2 s |",
+            cold_row,
+            f"| of which loading the catalogue (snapshot read and checked against the directory, in a thread) "
+            f"| {rebuild:.2f} s | |",
+            f"| the first start, without a snapshot (reads every record file, then writes one) | {first_s:.2f} s "
+            f"(loading {first_rebuild:.2f} s) | |",
+            f"| the same rebuild in the bench process (`VideostreamCatalogue.load()`, every file) | {res['load']:.2f} s | |",
+            f"| resident memory after the warm start | {rss / 2**20:.0f} MiB (empty data dir: {base_rss / 2**20:.0f} MiB)"
+            " | < 300 MB at 1M |",
+            "",
+            f"{machine_note()} (1-minute load {load_before:.1f} at the start); figures are one run, not a best of.",
+            "",
+        ]
+        publish("videostreams", "\n".join(lines), no_write=not args.write)
 
 
-    extra = "" if (args.records, args.queries, args.days, args.sources) == (100_000, 2000, 60, 10) else (
-        f" --records {args.records} --queries {args.queries} --days {args.days} --sources {args.sources}")
-    cold_row = (f"| the same with the page cache dropped first (`--cold`) | {cold_s:.2f} s (`/healthz` "
-                f"{cold_healthy_s:.2f} s) | < 10 s |" if cold_s is not None else
-                "| the same with the page cache dropped first | not measured (needs root) | < 10 s |")
-    lines = [
-        "Overlap queries over the catalogue (`GET /api/v1/videostreams?timespan[start]=&timespan[end]="
-        "&capturesource=`).",
-        "",
-        "```sh",
-        "." + f"/.venv/bin/python bench/videostreams_query.py{extra}{' --cold' if args.cold else ''} --write",
-        "```",
-        "",
-        f"{len(rows):,} videostreams over {args.days} days and {args.sources} capture sources (durations "
-        "log-uniform 30 s .. 6 h, the latest stream of each source still live), written as the daemon's "
-        f"JSON files; {len(windows):,} random windows (half 60 s, half 1 h), each for one random capture "
-        f"source; {res['answers']:,} matches in all (every engine gave the same ids in the same order). "
-        "SQLite is python's sqlite3, in memory, with an index on (capturesource, start), same rows, same run.",
-        "",
-        "| query engine | p50 | p99 |",
-        "| --- | --- | --- |",
-        f"| catalogue `query()` (span index + records, in-process) | {us(pct(res['service'], 50))} | "
-        f"{us(pct(res['service'], 99))} |",
-        f"| bare span index (`Catalogue.spans()`, ids only) | {us(pct(res['index'], 50))} | "
-        f"{us(pct(res['index'], 99))} |",
-        f"| SQLite, plain overlap query (`start <= qe AND (end IS NULL OR end >= qs)`) | "
-        f"{us(pct(res['plain'], 50))} | {us(pct(res['plain'], 99))} |",
-        f"| SQLite, tuned (`start BETWEEN qs - longest AND qe`, + live rows by a partial index) | "
-        f"{us(pct(res['tuned'], 50))} | "
-        f"{us(pct(res['tuned'], 99))} |",
-        f"| HTTP on loopback, real daemon, keep-alive client (goal p50 < 2 ms) | {us(pct(http, 50))} | "
-        f"{us(pct(http, 99))} |",
-        "",
-        "| daemon start-up | figure | goal |",
-        "| --- | --- | --- |",
-        f"| `storaged serve` spawn → first videostreams query answered, {res['records']:,} records, from the "
-        f"snapshot the last clean stop left, warm | {ready_s:.2f} s (`/healthz` {healthy_s:.2f} s) | < 2 s |",
-        cold_row,
-        f"| of which loading the catalogue (snapshot read and checked against the directory, in a thread) "
-        f"| {rebuild:.2f} s | |",
-        f"| the first start, without a snapshot (reads every record file, then writes one) | {first_s:.2f} s "
-        f"(loading {first_rebuild:.2f} s) | |",
-        f"| the same rebuild in the bench process (`VideostreamCatalogue.load()`, every file) | {res['load']:.2f} s | |",
-        f"| resident memory after the warm start | {rss / 2**20:.0f} MiB (empty data dir: {base_rss / 2**20:.0f} MiB)"
-        " | < 300 MB at 1M |",
-        "",
-        f"{machine_note()} (1-minute load {load_before:.1f} at the start); figures are one run, not a best of.",
-        "",
-    ]
-    publish("videostreams", "\n".join(lines), no_write=not args.write)
 
 
 if __name__ == "__main__":

@@ -374,3 +374,23 @@ async def test_verification_after_a_trusted_start_sees_files_added_removed_or_ch
     assert 3 not in again.catalogue and again.catalogue.get(77)["id"] == 77
     assert again.catalogue.select({"type": "in-place"}) == [4]
     assert {i: again.catalogue.get(i) for i in again.catalogue.ids()} == _tree(again)
+
+
+async def test_a_trusted_start_does_not_list_the_directory(data_dir, caplog, monkeypatch):
+    """With a valid snapshot the first answer waits for no walk of the record directory (a million names):
+    the listing happens in the verification afterwards."""
+    layout = Layout(data_dir)
+    first = await _fill(layout, 40)
+    walked = []
+
+    def no_walk(*args, **kwargs):
+        walked.append(args)
+        raise AssertionError("the record directory was listed before serving")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "listdir", no_walk)
+        m.setattr(os, "scandir", no_walk)
+        again = await _restart(layout, caplog)
+    assert not walked and "directory unchanged; 0 files read" in caplog.text
+    assert again.catalogue.rows == first.catalogue.rows
+    assert await again.check_snapshot() == 0
