@@ -25,11 +25,15 @@ def list_rows(seg_dir: Path, run: int) -> list[tuple[str, float, float]]:
 
 
 def assert_complete_or_absent(seg_dir: Path) -> int:
-    """Every final name on disk is a listed, complete segment; returns how many there are."""
+    """Every final name on disk is a listed, complete segment; returns how many there are.
+
+    Safe beside a live recording: the directory is listed before the list is read (a segment is listed
+    before it is renamed to its final name, and lists only grow), and final names are never removed here."""
     count = 0
     for run in idx.StreamIndex(seg_dir).runs():
+        paths = list((seg_dir / idx.run_dir_name(run)).iterdir())
         rows = {idx.final_name(name): (a, b) for name, a, b in list_rows(seg_dir, run)}
-        for path in (seg_dir / idx.run_dir_name(run)).iterdir():
+        for path in paths:
             if path.name.endswith(idx.PART):
                 continue
             assert path.name in rows, f"{path.name} is under a final name but not listed"
@@ -226,9 +230,14 @@ async def test_a_full_disk_leaves_no_truncated_segment_listed(make_client, live,
         return "No space left" in log.read_text(errors="replace") or None
     await wait_until(out_of_space, timeout=60, what="the segmenter meeting the full disk")
     seg_dir = data / "streams" / str(sid) / "segments"
-    full = assert_complete_or_absent(seg_dir)
-    st = await status_of(client, sid)
-    assert st["segments"] == full
+
+    async def status_lists_what_is_complete():
+        # The segmenter may still be finishing (or a restarted run writing into the space a rejected
+        # segment gave back): each look checks every final name, and the daemon's count must meet them.
+        st = await status_of(client, sid)
+        return st if st["segments"] == assert_complete_or_absent(seg_dir) else None
+    st = await wait_until(status_lists_what_is_complete, timeout=60,
+                          what="the status to count exactly the complete segments on disk")
 
     filler.unlink()  # space is back: recording goes on
     await segments_at_least(client, sid, st["segments"] + 3)
