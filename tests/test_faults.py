@@ -244,17 +244,26 @@ async def test_healthz_turns_503_below_the_free_space_floor(make_client, data_di
 # -- temps a crash left ------------------------------------------------------------------------
 
 async def test_a_running_daemon_sweeps_stale_temps_without_a_restart(make_client, data_dir):
-    """A long-running daemon does not keep a crashed write's temp forever (fsck would call it a stray)."""
+    """A long-running daemon does not keep a crashed write's temp forever (fsck would call it a stray):
+    neither in tmp/ nor beside the final name of a record, a meta or a job file."""
     client = await make_client(temp_max_age=2.0)  # swept every second once 2 s old
-    stale = data_dir / "tmp" / "upload-left-by-a-kill.tmp"
-    stale.write_bytes(b"partial")
-    os.utime(stale, (0, os.stat(stale).st_mtime - 3600))
-    fresh = data_dir / "tmp" / "upload-in-flight.tmp"
-    fresh.write_bytes(b"being written")
+    user_file = await upload(client, name="notes.tmp")  # a user's file is never taken for a temp
+    stored = data_dir / user_file["file_id"][:2] / user_file["file_id"][2:] / "notes.tmp"
+    (data_dir / "sessions").mkdir(exist_ok=True)
+    stale = [data_dir / "tmp" / "upload-left-by-a-kill.tmp",
+             data_dir / "sessions" / ".7.json.0123456789ab.tmp",
+             stored.parent / ".meta.json.0123456789ab.tmp"]
+    fresh = [data_dir / "tmp" / "upload-in-flight.tmp", data_dir / "sessions" / ".8.json.ba9876543210.tmp"]
+    for path in stale + fresh:
+        path.write_bytes(b"partial")
+    for path in stale + [stored]:
+        os.utime(path, (0, os.stat(path).st_mtime - 3600))
 
     async def swept():
-        os.utime(fresh)  # still being written to
-        return not stale.exists()
-    await wait_until(swept, timeout=10, what="the stale temp swept")
-    assert fresh.exists(), "a temp in use was swept"
+        for path in fresh:
+            os.utime(path)  # still being written to
+        return not any(path.exists() for path in stale)
+    await wait_until(swept, timeout=10, what="the stale temps swept")
+    assert all(path.exists() for path in fresh), "a temp in use was swept"
+    assert stored.read_bytes() == BODY, "a stored file named *.tmp was swept"
     assert (await client.get("/healthz")).status == 200

@@ -16,10 +16,11 @@ claims; every object a record or a queued job references must be stored.
 Then each family's provider runs its own checks (events whose session is
 gone, analysis outputs, recorded segments against their run's list: see
 storaged.provider and the families' provider.py).  Temp files
-(``*.tmp``) anywhere are strays once older than a minute and than
-``temp_max_age`` (a SIGKILL leaves the temp of the write it interrupted beside
-its file; until that age it cannot be told from a write in flight), entries of
-``<data>/tmp`` once older than ``temp_max_age`` plus the daemon's sweep period and a minute.
+(``*.tmp``) anywhere, and entries of ``<data>/tmp``, are strays once older than
+``temp_max_age`` plus the daemon's sweep period and a minute (a SIGKILL leaves
+the temp of the write it interrupted beside its file or in ``tmp/``; until
+``temp_max_age`` it cannot be told from a write in flight, and a running daemon
+removes it within a sweep period after that).
 ``--deep`` asks the providers for their slow checks too (ffprobe of every recorded segment).
 
 *Live daemon.*  fsck takes no lock for reading: objects are immutable and
@@ -327,7 +328,7 @@ class Fsck:
 
     def _maybe_stray(self, path: Path, now: float) -> None:
         age = _age(path, now)
-        if age is not None and age > max(TEMP_GRACE, self.config.temp_max_age):
+        if age is not None and age > self.config.temp_max_age + sweep_period(self.config.temp_max_age) + TEMP_GRACE:
             self._stray(path, f"stray temp file, {age:.0f}s old")
 
     def _stray(self, path: Path, detail: str) -> None:

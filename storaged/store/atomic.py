@@ -12,8 +12,9 @@ them from real data.
 *What a reader sees.*  The old content or the new, never a torn file.  A
 reader needs no lock.
 
-*What a crash leaves.*  At worst a stray ``*.tmp`` file (swept at start-up by
-age, reported by ``fsck``); never a partial file under a final name.
+*What a crash leaves.*  At worst a stray ``*.tmp`` file (swept by age at
+start-up and while the daemon runs, ``ObjectStore.sweep_temps``; reported by
+``fsck`` if older); never a partial file under a final name.
 
 *Locks.*  One lock file per thing (object, record, job, stream) under
 ``<data>/locks/``; lock files are never unlinked while the daemon runs

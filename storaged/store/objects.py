@@ -38,9 +38,10 @@ nothing while streaming.
 ``<data>/tmp/`` (it disappears in one step) and removed from there.
 
 *What a crash leaves.*  Temp files and staging/trash directories under
-``<data>/tmp/``, swept at start-up and every ``sweep_period`` while the
-daemon runs, once older than ``temp_max_age`` (so none outlives
-``temp_max_age + sweep_period``, however long the daemon runs); never a
+``<data>/tmp/``, and ``.<name>.<random>.tmp`` files beside the final names
+of other writes (``storaged.store.atomic``), swept at start-up and every
+``sweep_period`` while the daemon runs, once older than ``temp_max_age`` (so
+none outlives ``temp_max_age + sweep_period``, however long the daemon runs); never a
 partial object under a final name.  A crash in the middle of a heal leaves
 the object as damaged as it was (plus a copy in ``lost+found/``), for the
 next upload of the same bytes or ``storaged fsck --repair``.
@@ -56,6 +57,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 import unicodedata
 from datetime import datetime, timezone
@@ -77,7 +79,7 @@ from storaged.store.atomic import (
     write_json,
 )
 from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
-from storaged.store.layout import Layout, check_object_id
+from storaged.store.layout import RESERVED_TOP, Layout, check_object_id
 
 log = logging.getLogger("storaged.store")
 
@@ -416,25 +418,38 @@ class ObjectStore:
 
     # -- housekeeping ------------------------------------------------------
     def sweep_temps(self, max_age: float) -> list[str]:
-        """Remove temp files and dirs under <data>/tmp older than ``max_age`` seconds."""
-        removed = []
+        """Remove temps older than ``max_age`` seconds: every entry of <data>/tmp, and the
+        ``.<name>.<random>.tmp`` files (or dirs) an interrupted write left beside its final name anywhere else
+        (a stored file's name never starts with a dot, so none is taken for a temp)."""
         cutoff = time.time() - max_age
+        root = self.layout.root
         try:
-            entries = list(os.scandir(self.layout.tmp))
+            removed = [name for name in os.listdir(self.layout.tmp) if _remove_if_older(self.layout.tmp / name, cutoff)]
         except FileNotFoundError:
-            return removed
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
-                removed.append(entry.name)
-            except FileNotFoundError:
-                continue
+            removed = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            if dirpath == str(root):
+                dirnames[:] = [d for d in dirnames if d not in RESERVED_TOP]
+            temps = [n for n in (*dirnames, *filenames) if n.startswith(".") and n.endswith(TMP_SUFFIX)]
+            dirnames[:] = [d for d in dirnames if d not in temps]
+            for name in temps:
+                if _remove_if_older(Path(dirpath) / name, cutoff):
+                    removed.append(os.path.relpath(os.path.join(dirpath, name), root))
         return removed
+
+
+def _remove_if_older(path: Path, cutoff: float) -> bool:
+    try:
+        st = os.lstat(path)
+        if st.st_mtime > cutoff:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def sweep_period(max_age: float) -> float:

@@ -36,7 +36,8 @@ listings, which report it (``storaged.store.damage``); nothing overwrites it
 until fsck has moved it away, so no evidence is destroyed.
 
 *What a crash leaves.*  At worst a stray ``.<I>.json.<random>.tmp`` beside the
-records (``fsck`` reports and removes it), and, for sequential ids, an id that
+records (the daemon sweeps it once older than ``temp_max_age``; ``fsck`` reports and removes it
+if older still), and, for sequential ids, an id that
 was taken but never used.
 """
 
