@@ -112,6 +112,32 @@ async def test_concurrent_creates_share_directory_fsyncs_and_each_is_durable(dat
     assert 1 <= len([p for p in dir_syncs if p == store.dir]) < 64
 
 
+async def test_concurrent_updates_share_directory_fsyncs_and_each_is_durable(data_dir, monkeypatch):
+    """32 updates at once (a split's results applied to its races): each record is replaced on disk when
+    answered, with fewer directory fsyncs than updates."""
+    layout = Layout(data_dir)
+    store = _events(layout)
+    await store.load()
+    records = [await store.create({"session_id": 1, "type": "x", "time": i}) for i in range(32)]
+    dir_syncs = []
+    real = atomic.fsync_dir
+
+    def counting(path):
+        dir_syncs.append(path)
+        real(path)
+
+    monkeypatch.setattr(atomic, "fsync_dir", counting)
+
+    async def one(rec):
+        new = await store.update(rec["id"], lambda r: {**r, "time": r["time"] + 1000})
+        assert json.loads((store.dir / f"{rec['id']}.json").read_text()) == new
+        assert store.catalogue.get(rec["id"]) == new
+
+    await asyncio.gather(*(one(rec) for rec in records))
+    assert sorted(r["time"] for r in store.all_blocking()) == [1000 + i for i in range(32)]
+    assert 1 <= len([p for p in dir_syncs if p == store.dir]) < 32
+
+
 async def test_dirsync_waits_for_an_fsync_that_began_after_its_rename(tmp_path, monkeypatch):
     """A writer arriving while an fsync runs is not answered by that fsync."""
     started = []

@@ -45,7 +45,12 @@ class JobContext:
 
     def store_file(self, path: Path, name: str, content_type: str | None = None) -> dict[str, Any]:
         """Move a produced file into the content-addressed store; answer its id and link."""
+        return self.store_files([(path, name, content_type)])[0]
+
+    def store_files(self, files: list[tuple[Path, str, str | None]]) -> list[dict[str, Any]]:
+        """Move produced files into the store as one group commit (hashes and fsyncs overlap);
+        answer each one's id and link, in order, once all of them are durable."""
         store = ObjectStore(Layout(self.data_dir), max_size=1 << 62)
-        meta = store.put_file_blocking(Path(path), name, content_type)
-        return {"file_id": meta["file_id"], "name": meta["name"], "size": meta["size"],
-                "download": download_link(meta)}
+        metas = store.put_files_blocking([(Path(path), name, content_type) for path, name, content_type in files])
+        return [{"file_id": meta["file_id"], "name": meta["name"], "size": meta["size"],
+                 "download": download_link(meta)} for meta in metas]

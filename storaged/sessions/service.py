@@ -450,6 +450,8 @@ class SessionsService:
             job_dir = self.split_dir(session_id) / job_id
             args = {"session_id": session_id, "source": source, "races": races, "accurate": accurate}
             inputs = [linked_object(session["video_url"])] if source_key.startswith("object:") else []
+            if inputs:
+                args["file_id"] = inputs[0]  # its keyframe cache lives beside it
             state = await self.jobs.submit(job_dir, SPLIT_KIND, args, inputs=inputs,
                                            meta={"session_id": session_id, "job_id": job_id}, retry=True)
             await asyncio.to_thread(write_json, self.split_dir(session_id) / LATEST, {"job_id": job_id})

@@ -60,9 +60,11 @@ import shutil
 import stat
 import time
 import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterable
+from typing import Any, AsyncIterable, Callable, Iterable
 from urllib.parse import quote
 
 from storaged.errors import BadRequest, DamagedRecord, NotFound, PayloadTooLarge
@@ -70,12 +72,14 @@ from storaged.store import damage
 from storaged.store.atomic import (
     TMP_SUFFIX,
     async_lock,
+    dumps,
     fsync_dir,
     raise_storage_fault,
     read_json,
     sync_lock,
     trash,
     unlink_quiet,
+    write_bytes,
     write_json,
 )
 from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
@@ -85,7 +89,8 @@ log = logging.getLogger("storaged.store")
 
 META = "meta.json"
 THE_FILE = "the_file"
-RESERVED_NAMES = {META, THE_FILE, "analysis", "probe.json", "pinned"}
+KEYFRAMES = "keyframes.json"  # storaged.sessions.keyframes: learnt from the bytes, so a heal drops it
+RESERVED_NAMES = {META, THE_FILE, "analysis", "probe.json", "pinned", KEYFRAMES}
 MAX_NAME_CHARS = 255
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -207,33 +212,53 @@ class ObjectStore:
                 meta = read_json(final / META)
                 return {**meta, "deduplicated": True}
             return self._heal(final, tmp, oid, name, content_type, size, trouble)
-        meta = new_meta(oid, name, content_type, size)
-        stored = meta["stored_name"]
-        stage = self.layout.tmp / f".obj-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+        return self._commit_new([(tmp, oid, name, content_type, size)], map)[0]
+
+    def _commit_new(self, items: list[tuple[Path, str, str | None, str | None, int]],
+                    run: Callable[..., Iterable]) -> list[dict[str, Any]]:
+        """Make new objects of fsynced temp files, in waves so that each wave's fsyncs can share the
+        filesystem's journal commits when ``run`` (``map`` or a pool's) overlaps them.  Callers hold
+        each id's lock and know that none of the ids exists.  Every object is durable on return."""
+        stages: list[Path] = []
+        renamed = 0
         try:
-            stage.mkdir()
-            os.rename(tmp, stage / stored)
-            os.symlink(stored, stage / THE_FILE)
-            write_json(stage / META, meta)
-            fsync_dir(stage)
-            parent = final.parent
-            if not parent.exists():
+            def stage_one(item: tuple[Path, str, str | None, str | None, int]) -> tuple[Path, dict[str, Any]]:
+                tmp, oid, name, content_type, size = item
+                meta = new_meta(oid, name, content_type, size)
+                stage = self.layout.tmp / f".obj-{oid[:16]}-{secrets.token_hex(4)}{TMP_SUFFIX}"
+                stage.mkdir()
+                stages.append(stage)
+                os.rename(tmp, stage / meta["stored_name"])
+                os.symlink(meta["stored_name"], stage / THE_FILE)
+                write_bytes(stage / META, dumps(meta), sync_dir=False)  # the stage's fsync below covers it
+                return stage, meta
+
+            staged = list(run(stage_one, items))
+            list(run(fsync_dir, [stage for stage, _ in staged]))
+            parents = list(dict.fromkeys(self.layout.object_dir(item[1]).parent for item in items))
+            created = [parent for parent in parents if not parent.exists()]
+            for parent in created:
                 parent.mkdir(exist_ok=True)
-                fsync_dir(parent.parent)
-            os.rename(stage, final)
-            fsync_dir(parent)
+            if created:
+                fsync_dir(self.layout.root)
+            for (stage, _), item in zip(staged, items):
+                os.rename(stage, self.layout.object_dir(item[1]))
+                renamed += 1
+            list(run(fsync_dir, parents))
         except BaseException as exc:
-            # write_json may already have turned a disk fault into its domain error.
-            shutil.rmtree(stage, ignore_errors=True)
+            # write_bytes may already have turned a disk fault into its domain error.
+            for stage in stages[renamed:]:
+                shutil.rmtree(stage, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise_storage_fault(exc)
             raise
-        return {**meta, "deduplicated": False}
+        return [{**meta, "deduplicated": False} for _, meta in staged]
 
     def _heal(self, od: Path, tmp: Path, oid: str, name: str | None, content_type: str | None, size: int,
               trouble: str) -> dict[str, Any]:
         """Replace a damaged stored copy by the verified bytes in ``tmp`` (the object's lock is held)."""
         self.small.forget(oid)
+        unlink_quiet(od / KEYFRAMES)
         set_aside: list[str] = []
 
         def keep_evidence(path: Path, move: bool) -> None:
@@ -281,24 +306,58 @@ class ObjectStore:
     def put_file_blocking(self, path: Path, name: str | None = None,
                           content_type: str | None = None) -> dict[str, Any]:
         """Move an existing file (on the data filesystem) into the store.  Blocking: for workers/CLI."""
-        tmp = self.layout.tmp / f"upload-{secrets.token_hex(8)}{TMP_SUFFIX}"
+        return self.put_files_blocking([(Path(path), name, content_type)], threads=1)[0]
+
+    def put_files_blocking(self, files: list[tuple[Path, str | None, str | None]],
+                           threads: int = 8) -> list[dict[str, Any]]:
+        """Move existing files (on the data filesystem) into the store as one group commit: answers
+        each one's meta, in order, once every one of them is durable.  Blocking: for workers/CLI.
+
+        The files are hashed and fsynced side by side; then, holding the locks of all their ids
+        (taken in id order, so two batches never wait for each other in a cycle), the new objects
+        are staged, their directories fsynced, renamed into place and their parents fsynced, each
+        step for all objects before the next (see ``_commit_new``).  The same bytes twice in one
+        batch are one object; the second answer is a dedupe.
+        """
         self.layout.tmp.mkdir(parents=True, exist_ok=True)
-        os.rename(path, tmp)
+        tmps: list[Path] = []
         try:
-            hasher = hashlib.sha256()
-            size = 0
-            with open(tmp, "rb+") as fh:
-                while chunk := fh.read(1 << 20):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                os.fsync(fh.fileno())
-            if size > self.max_size:
-                raise PayloadTooLarge(f"file larger than the limit of {self.max_size} bytes")
-            oid = hasher.hexdigest()
-            with sync_lock(self.layout.object_lock(oid)):
-                return self.publish_blocking(tmp, oid, name, content_type, size)
+            for path, _, _ in files:
+                tmp = self.layout.tmp / f"upload-{secrets.token_hex(8)}{TMP_SUFFIX}"
+                os.rename(path, tmp)
+                tmps.append(tmp)
+            with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+                digests = list(pool.map(_hash_and_sync, tmps))
+                for size in (size for _, size in digests):
+                    if size > self.max_size:
+                        raise PayloadTooLarge(f"file larger than the limit of {self.max_size} bytes")
+                first: dict[str, int] = {}  # id -> index of its first file in the batch
+                for i, (oid, _) in enumerate(digests):
+                    first.setdefault(oid, i)
+                answers: dict[str, dict[str, Any]] = {}
+                with ExitStack() as locks:
+                    for oid in sorted(first):
+                        locks.enter_context(sync_lock(self.layout.object_lock(oid)))
+                    new = []
+                    for oid, i in first.items():
+                        if self.layout.object_dir(oid).is_dir():  # verify, dedupe or heal, one at a time
+                            answers[oid] = self.publish_blocking(tmps[i], oid, files[i][1], files[i][2],
+                                                                 digests[i][1])
+                        else:
+                            new.append((tmps[i], oid, files[i][1], files[i][2], digests[i][1]))
+                    for item, meta in zip(new, self._commit_new(new, pool.map)):
+                        answers[item[1]] = meta
+            out = []
+            for i, (oid, _) in enumerate(digests):
+                if first[oid] == i:
+                    out.append(answers[oid])
+                else:
+                    unlink_quiet(tmps[i])
+                    out.append({**answers[oid], "deduplicated": True})
+            return out
         except BaseException:
-            unlink_quiet(tmp)
+            for tmp in tmps:
+                unlink_quiet(tmp)
             raise
 
     # -- read --------------------------------------------------------------
@@ -512,6 +571,15 @@ def verify_object(od: Path, oid: str, *, full: bool = True) -> tuple[int, str | 
     if link != meta["stored_name"]:
         return size, f"the_file link {'is missing' if link is None else 'points to ' + link}"
     return size, None
+
+
+def _hash_and_sync(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, which is fsynced before the answer."""
+    with open(path, "rb+") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        size = os.fstat(fh.fileno()).st_size
+        os.fsync(fh.fileno())
+    return digest, size
 
 
 def _open_exclusive(path: Path):

@@ -23,7 +23,9 @@ every concurrent create (``DirSync``, a group commit): each is still durable
 before it is answered.
 
 *Update and delete.*  Read-modify-write under the record's own lock
-``locks/<K>/<I>.lock``; the new content replaces the old by rename.  Delete
+``locks/<K>/<I>.lock``; the new content (fsynced) replaces the old by rename,
+and the directory's fsync is shared with concurrent creates and updates
+(``DirSync``) before the update is answered.  Delete
 unlinks the file under the same lock.
 
 *What a reader sees.*  A reader needs no lock: it reads the old or the new
@@ -348,7 +350,9 @@ class RecordStore:
             if new is None:
                 new = current
             if new != current:
-                await asyncio.to_thread(write_json, self.path(record_id), new)
+                # The directory's fsync (the rename's durability) is shared with concurrent writes.
+                await asyncio.to_thread(write_bytes, self.path(record_id), dumps(new), sync_dir=False)
+                await self._dir_sync.sync()
                 if self.catalogue is not None:
                     self.catalogue.put(new)
             return new
