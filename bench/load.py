@@ -221,10 +221,9 @@ def main() -> int:
 
 RELIABILITY = """### Reliability suites (tests/reliability/)
 
-Correctness, not speed; the 500-kill crash loop is
-`STORAGED_CRASH_LOOPS=500 .venv/bin/pytest -q tests/reliability/test_crash_loop.py`
-(about 2.5 s per kill on this machine, so ~20 minutes). See the README section
-*Proof: reliability suites*."""
+Correctness, not speed; the long crash loop is `bench/crash_loop.py` (its
+figures are in *crash loop* below). See the README section *Proof: reliability
+suites*."""
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -277,6 +278,68 @@ def test_the_default_ini_is_read_when_present_and_nothing_else_is_named(tmp_path
     assert cfg.load(parse([]), env={"STORAGED_PORT": "9300"}).port == 9300
 
 
+def test_every_setting_is_a_command_line_flag_that_sets_it():
+    """`--name-with-dashes VALUE` sets every setting (and `--x` / `--no-x` every boolean); `--help` shows each."""
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    helptext = " ".join(parser.format_help().split())
+    assert f"default {cfg.DEFAULT_INI} when present" in helptext
+    for f in dataclasses.fields(cfg.Config):
+        flag = "--" + f.name.replace("_", "-")
+        first_words = " ".join(f.metadata["help"].split()[:4])
+        assert flag in helptext and first_words in helptext, f"{flag} or its help is missing from --help"
+        if f.type == "bool":
+            for argv, value in (([flag], True), ([flag, "off"], False), (["--no-" + flag[2:]], False)):
+                assert getattr(cfg.load(parse(argv), env={}), f.name) is value, argv
+            assert getattr(cfg.load(parse([]), env={f"STORAGED_{f.name.upper()}": "on"}), f.name) is True, \
+                "an unset boolean flag hides the environment"
+            continue
+        raw, value = {"size": ("3k", 3072), "duration": ("2m", 120.0)}.get(f.metadata["kind"], (None, None))
+        if raw is None:
+            raw, value = {"int": ("7", 7), "float": ("0.25", 0.25), "Path": ("/srv/x", Path("/srv/x"))}.get(
+                f.type, ("text 50%", "text 50%"))
+        conf = cfg.load(parse([flag, raw]), env={})
+        assert getattr(conf, f.name) == value and type(getattr(conf, f.name)) is type(value), flag
+
+
+def test_ini_keys_may_use_dashes_and_any_environment_order_is_read(tmp_path):
+    ini = tmp_path / "s.ini"
+    ini.write_text("[storaged]\nmax-upload-size = 1G\nlive_window = 5m\n")
+    conf = cfg.load(parse(["--config", str(ini)]), env={})
+    assert (conf.max_upload_size, conf.live_window) == (1024**3, 300.0)
+    env = {"HOME": "/root", "STORAGED_PORT": "9400", "LANG": "C", "STORAGED_CAMERA_THRESHOLD": "0.2"}
+    conf = cfg.load(parse([]), env=env)
+    assert conf.port == 9400 and conf.camera_threshold == 0.2 and isinstance(conf.camera_threshold, float)
+
+
+def test_the_process_environment_is_read_when_none_is_given(monkeypatch, tmp_path):
+    monkeypatch.setattr(cfg, "DEFAULT_INI", tmp_path / "absent.ini")
+    monkeypatch.setenv("STORAGED_PORT", "9500")
+    assert cfg.load(parse([])).port == 9500
+
+
+def test_an_empty_boolean_is_false():
+    conf = cfg.load(parse([]), env={"STORAGED_ACCESS_LOG": " ", "STORAGED_TIER_VERIFY_TLS": ""})
+    assert conf.access_log is False and conf.tier_verify_tls is False
+
+
+@pytest.mark.parametrize("name, raw, accepted", [("max_upload_size", "lots", "512M"), ("temp_max_age", "soon", "90s"),
+                                                  ("access_log", "maybe", "yes/no")])
+def test_a_bad_value_is_named_with_the_forms_accepted(name, raw, accepted):
+    with pytest.raises(cfg.ConfigError) as caught:
+        cfg.load(parse([]), env={f"STORAGED_{name.upper()}": raw})
+    message = str(caught.value)
+    assert name in message and repr(raw) in message and accepted in message, message
+
+
+def test_sizes_and_ages_are_shown_in_binary_units_and_the_largest_fitting_unit():
+    """The form logs, `storaged gc --dry-run`, fsck and the pages show them in."""
+    assert [cfg.human_size(n) for n in (0, 1023, 1536, 5 * 1024**2, 3 * 1024**3 // 2, 2 * 1024**4, 3 * 1024**5)] == \
+        ["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "1.5 GiB", "2.0 TiB", "3072.0 TiB"]
+    assert [cfg.human_age(s) for s in (-5, 0, 59, 60, 90, 5400, 86400, 129600)] == \
+        ["0s", "0s", "59s", "1.0m", "1.5m", "1.5h", "1.0d", "1.5d"]
+
+
 # -- videostreams interval index ---------------------------------------------------------------
 
 def test_an_overlap_query_without_a_start_bound_stops_at_its_end():
@@ -313,3 +376,14 @@ def test_the_index_honours_limit_in_every_run(qs):
         after = chunk[-1]
         pages += 1
     assert page == everything and pages == -(-len(everything) // 7)
+
+
+@pytest.mark.parametrize("durations", [(1,), (1, 5000), (1, 5000, None)])
+def test_answers_come_in_start_order_whatever_mix_of_durations(durations):
+    # Each kind of duration lands in its own run; the answer interleaves them by (start, id).
+    entries = [(i, i * 10, None if durations[i % len(durations)] is None else i * 10 + durations[i % len(durations)],
+                None) for i in range(1, 31)]
+    index = TimeIndex.build(entries)
+    assert index.query(None, None) == [(start, i) for i, start, _, _ in entries]
+    assert index.query(100, 200) == [(start, i) for i, start, end, _ in entries
+                                     if start <= 200 and (end is None or end >= 100)]
