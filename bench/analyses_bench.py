@@ -3,7 +3,7 @@
 * status polls: ``GET /results/<file>/<analysis>`` on a finished analysis, requests/s
   with N concurrent connections (``wrk`` from Debian; an aiohttp client if wrk
   cannot be had) vs an aiohttp hello-world handler (this file, ``--hello-server``,
-  its own process) under the same tool.  Goal ≥ 0.5×.
+  its own process) under the same tool.  Goal ≥ 0.6× (issue 14).
 * job start latency: ``POST /analyse`` (dummy, distinct ``seconds`` each time, so each
   is a new job) until ``GET /results`` says "running" (the daemon has started the
   worker) and until it shows a progress value (the worker executes the job),
@@ -48,6 +48,7 @@ from common import (  # noqa: E402
 
 SECTION = "analyses"
 PARTS = ("polls", "latency", "clip")
+POLL_GOAL = 0.6  # status polls vs hello world
 CLIP_SECONDS = 30
 CHUNK_SECONDS = 300
 
@@ -386,7 +387,7 @@ def render(args, res: dict, elapsed: float) -> str:
                 "runs with its default settings (no access log) and, for comparison, with `--access-log` (to a file).",
                 "",
                 "| connections | storaged req/s (default) | storaged req/s (`--access-log`) | hello-world "
-                "req/s | ratio, default settings (goal ≥ 0.5×) | ratio, access log on | p50 / p99 latency "
+                f"req/s | ratio, default settings (goal ≥ {POLL_GOAL}×) | ratio, access log on | p50 / p99 latency "
                 "storaged vs hello |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
         rows = p["rows"]
@@ -396,7 +397,7 @@ def render(args, res: dict, elapsed: float) -> str:
             hello = rows[("default", "hello", c)]
             r_on, r_off = on["rps"] / hello["rps"], off["rps"] / hello["rps"]
             out.append(f"| {c} | {on['rps']:.0f} | {off['rps']:.0f} | {hello['rps']:.0f} | **{r_on:.2f}×** "
-                       f"({'meets' if r_on >= 0.5 else '**misses**'}) | {r_off:.2f}× | {ms(on['p50'])} / "
+                       f"({'meets' if r_on >= POLL_GOAL else '**misses**'}) | {r_off:.2f}× | {ms(on['p50'])} / "
                        f"{ms(on['p99'])} vs {ms(hello['p50'])} / {ms(hello['p99'])} |")
         out += ["",
                 "Where the gap comes from — the same hello-world server with the status poll's pieces added "
