@@ -6,8 +6,8 @@ The rules (each a setting, nginx's defaults; one guard per served app):
   head within this, counted from accept for its first request and from the first byte
   of each later one.  A slowloris that trickles header lines is closed when it runs out.
 * **Idle keep-alive** (``keepalive_timeout``): between requests a connection may idle
-  this long; aiohttp's own keep-alive timer does it (re-armed after every answer).  The
-  guard cancels that timer while a head is being received, so the head rule alone
+  this long; aiohttp's own keep-alive timer does it (re-armed after every answer).  When
+  it fires while a head is being received it stands down, so the head rule alone
   applies then.
 * **Request body** (``upload_min_rate`` over ``upload_rate_window``): while a body is
   being received, each window must bring at least rate x window bytes, unless the
@@ -167,8 +167,7 @@ class GuardedHandler(RequestHandler):
         if in_body:
             self.body_bytes += len(data)
         elif data and self.head_deadline is None:
-            self._start_head(now)  # a new head begins: idle is over
-            self._stop_idle_timer()
+            self._start_head(now)  # a new head begins: idle is over (the idle timer stands down, below)
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) > queued:  # at least one head completed
@@ -210,6 +209,12 @@ class GuardedHandler(RequestHandler):
             self._keepalive_handle = None
 
     def _process_keepalive(self) -> None:
+        if self.head_deadline is not None:
+            # A head is arriving: the head rule alone applies.  aiohttp arms its idle timer again after
+            # the answer; leaving it armed between requests (instead of cancelling it at every head)
+            # spares a timer per request.
+            self._keepalive_handle = None
+            return
         was_open = not self._force_close
         super()._process_keepalive()
         if was_open and self._force_close:
