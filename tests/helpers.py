@@ -56,6 +56,25 @@ def wait_until_sync(predicate: Callable[[], Any], timeout: float = 30.0, interva
         time.sleep(interval)
 
 
+def dead_process():
+    """The identity (storaged.supervise.process.ProcessIdentity) of a process that has exited."""
+    from storaged.supervise.process import ProcessIdentity
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        return ProcessIdentity.of(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def queue_entry(data_dir: Path, job_dir: Path) -> Path:
+    """A job queue entry naming ``job_dir``, as the job runner writes one on submit."""
+    entry = Path(data_dir) / "jobs" / "queue" / f"{time.time_ns():020d}-test.json"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    entry.write_text(json.dumps({"job_dir": os.path.relpath(job_dir, data_dir)}))
+    return entry
+
+
 def ffmpeg(*args: str, timeout: float = 120) -> None:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args],
                    check=True, timeout=timeout, stdin=subprocess.DEVNULL)

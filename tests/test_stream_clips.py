@@ -8,14 +8,21 @@ frame it is.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import subprocess
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from storaged.jobs.queue import entries as queue_entries
+from storaged.jobs.state import CONFIG, INTERRUPTED, PIDFILE, RESULTS, read_state
+from storaged.recording.clips import KIND
+from storaged.store.layout import Layout
+from storaged.supervise.process import write_pidfile
 from tests.test_streams import FAST, call, clip_done, create, no_leftover_ffmpeg, segments_at_least  # noqa: F401
-from tests.helpers import wait_until
+from tests.helpers import dead_process, queue_entry, wait_until
 from tests.live_source import free_udp_port
 
 FPS = 25
@@ -49,6 +56,18 @@ def first_frame_number(path: Path) -> int:
     return (round(y / 8) % 32 + 32 * round(u / 16)) % CYCLE
 
 
+async def recorded(make_client, sources: list, segments: int) -> tuple:
+    """A daemon (client), a stream of a NumberedSource that recorded ``segments`` segments and stopped, its status."""
+    client = await make_client(**FAST)
+    src = NumberedSource()
+    sources.append(src)
+    sid = await create(client, src.url)
+    assert (await call(client, "POST", f"/streams/{sid}/start"))[0] == 200
+    st = await segments_at_least(client, sid, segments)
+    assert (await call(client, "POST", f"/streams/{sid}/stop"))[0] == 200
+    return client, sid, st
+
+
 async def fetch(link: str, path: Path) -> Path:
     async with aiohttp.ClientSession() as http:
         async with http.get(link) as resp:
@@ -59,13 +78,7 @@ async def fetch(link: str, path: Path) -> Path:
 
 async def test_clips_start_on_the_keyframe_at_or_before_start_and_accurate_ones_on_start(
         make_client, no_leftover_ffmpeg, tmp_path):
-    client = await make_client(**FAST)
-    src = NumberedSource()
-    no_leftover_ffmpeg.append(src)
-    sid = await create(client, src.url)
-    assert (await call(client, "POST", f"/streams/{sid}/start"))[0] == 200
-    st = await segments_at_least(client, sid, 8)
-    assert (await call(client, "POST", f"/streams/{sid}/stop"))[0] == 200
+    client, sid, st = await recorded(make_client, no_leftover_ffmpeg, 8)
     t0 = st["first_segment_start"] + 3.0
 
     copies = []
@@ -102,13 +115,7 @@ async def test_clips_start_on_the_keyframe_at_or_before_start_and_accurate_ones_
 
 
 async def test_a_failed_cut_answers_500_with_error_message(make_client, no_leftover_ffmpeg, tmp_path, data_dir):
-    client = await make_client(**FAST)
-    src = NumberedSource()
-    no_leftover_ffmpeg.append(src)
-    sid = await create(client, src.url)
-    assert (await call(client, "POST", f"/streams/{sid}/start"))[0] == 200
-    st = await segments_at_least(client, sid, 3)
-    assert (await call(client, "POST", f"/streams/{sid}/stop"))[0] == 200
+    client, sid, st = await recorded(make_client, no_leftover_ffmpeg, 3)
     for seg in (data_dir / "streams" / str(sid) / "segments" / "r000001").iterdir():
         seg.write_bytes(b"\x47" + b"\0" * 187)  # damaged behind the daemon's back: ffmpeg cannot cut
     start = st["first_segment_start"] + 0.5
@@ -125,3 +132,32 @@ async def test_a_failed_cut_answers_500_with_error_message(make_client, no_lefto
     status, out = await wait_until(ended, timeout=60, what="the cut to fail")
     assert status == 500, out
     assert out["error_message"].startswith("Cannot cut clip") and "status" not in out
+
+
+async def test_a_clip_is_a_job_of_the_engine_and_one_a_killed_daemon_left_is_cut_again(
+        make_client, no_leftover_ffmpeg, data_dir):
+    client, sid, st = await recorded(make_client, no_leftover_ffmpeg, 3)
+    start = st["first_segment_start"] + 0.5
+    out = await clip_done(client, sid, start, start + 1.0)
+    job = data_dir / "streams" / str(sid) / "clips" / out["clip_id"]
+    # The job engine's files: what was asked, the results, no worker named, no queue entry left.
+    config = json.loads((job / CONFIG).read_text())
+    assert config["kind"] == KIND and config["args"]["start"] == start
+    assert json.loads((job / RESULTS).read_text())["status"] == "done"
+    assert not (job / PIDFILE).exists()
+    await wait_until(lambda: asyncio.sleep(0, not any(target == job.resolve() for _, target in
+                                                      queue_entries(Layout(data_dir)))),
+                     what="the clip's queue entry to go")
+    await client.close()
+
+    # What a daemon killed mid-cut leaves: no results, inrun.pid naming the dead daemon, the queue entry.
+    (job / RESULTS).unlink()
+    write_pidfile(job / PIDFILE, dead_process())
+    queue_entry(data_dir, job)
+    client = await make_client(**FAST)
+    state = read_state(job)
+    assert state.status == "failed" and state.error == INTERRUPTED
+    again = await clip_done(client, sid, start, start + 1.0)
+    assert again["clip_id"] == out["clip_id"]
+    assert [c["file_id"] for c in again["clips"]] == [c["file_id"] for c in out["clips"]]
+    assert not (job / PIDFILE).exists()

@@ -11,8 +11,20 @@ finished one, never a lost one.  A crash (or an I/O error) between the two
 writes leaves a ``config.json`` without an entry: that submit was never
 acknowledged, and the next submit of the same job adds the missing entry.
 
-*Starting.*  While fewer than ``job_concurrency`` workers run, the oldest
-queued job is started: forked from the zygote (storaged.jobs.zygote, a
+*Starting.*  While fewer than ``job_concurrency`` jobs run, the oldest
+queued job is started.  A kind registered with :meth:`JobRunner.in_process`
+(stream clips: ~0.1 s of stream copy, where a worker's start-up and the
+client's polling would cost as much again) runs as a task of the daemon
+itself, through the same files: the runner writes ``inrun.pid`` naming the
+daemon before the task starts (no race: nothing else runs the job), the
+task's outcome becomes ``results.json`` (by the worker's rules,
+storaged.jobs.worker.failed_results), then ``inrun.pid`` goes.  A daemon
+that dies mid-task leaves ``inrun.pid`` naming a dead process: the job is
+"interrupted" like a worker's; a daemon that stops cleanly removes it, so
+the job is queued again for the next start.  Cancelling one cancels its
+task (its ffmpeg is stopped by the task's own stop sequence); the runner
+never signals a process group that is the daemon's own.  Every other job
+is forked from the zygote (storaged.jobs.zygote, a
 pre-imported parent, so a job starts in milliseconds) or, failing that, as
 ``python -m storaged.jobs.worker --data-dir D <job>`` through
 storaged.jobs.launch.  Either way the worker is detached in its own session
@@ -24,7 +36,9 @@ could land after a short job had already finished and leave a pid file of
 a dead worker beside the results.
 
 *Finishing.*  The worker writes ``results.json`` (atomically) as its last act.
-When the runner sees a worker gone, it removes ``inrun.pid`` and the queue
+Whoever waits for a job (:meth:`JobRunner.settled`) is woken as soon as the
+runner sees it finish (an in-process task at once, a worker at the next
+reap), not at its next poll.  When the runner sees a worker gone, it removes ``inrun.pid`` and the queue
 entry; if there were no results, it writes failed results ("interrupted").
 
 *Adoption.*  At start-up every queue entry is examined: a job whose
@@ -40,7 +54,9 @@ out a worker ignoring TERM (up to ``job_stop_timeout`` and then KILL) or a
 slow worker start delays no other request: a job being started is marked
 *starting* under the lock and spawned outside it, and a job being cancelled
 is taken off the books (running set, queue entry) under the lock and
-stopped outside it.  Whoever wants a job that is starting or being
+stopped outside it.  A retry of a failed job whose worker has written its
+results but not yet exited waits for that exit outside the lock too, then
+looks again.  Whoever wants a job that is starting or being
 cancelled waits for that to finish first.  Readers (``state``) need no lock:
 they read the files.  The zygote's pipe has its own thread lock (spawns run
 in threads).
@@ -59,12 +75,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from storaged.errors import NotFound
 from storaged.jobs.queue import INPUTS, entries as queue_entries
 from storaged.jobs.state import (CONFIG, INTERRUPTED, PIDFILE, PROGRESS, RESULTS, WORKER_LOG, JobState,
                                   log_tail, read_state)
+from storaged.jobs.worker import failed_results
+from storaged.supervise.backoff import woken
 from storaged.supervise.process import ProcessIdentity, stop_sequence_blocking, terminate_group
 from storaged.store.atomic import unlink_quiet, write_json
 from storaged.store.layout import Layout
@@ -74,11 +92,19 @@ log = logging.getLogger("storaged.jobs")
 FINAL_CACHE_SIZE = 10_000
 
 
+# An in-process kind: ``await run(job_dir, args)`` answers the results (without "status") or raises.
+InProcess = Callable[[Path, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 @dataclass
 class _Running:
     job_dir: Path
     entry: Path
     identity: ProcessIdentity
+    task: asyncio.Task | None = None  # an in-process job's task; None for a worker
+
+    def alive(self) -> bool:
+        return not self.task.done() if self.task is not None else self.identity.alive()
 
 
 class JobRunner:
@@ -99,10 +125,18 @@ class JobRunner:
         self._final: dict[str, tuple[int, JobState]] = {}
         self.use_zygote = use_zygote
         self.max_seen_running = 0
+        self._in_process: dict[str, InProcess] = {}
+        self._finished: dict[Path, asyncio.Event] = {}  # set when the job is seen final (for settled())
+        self._self: ProcessIdentity | None = None  # the daemon, as in-process jobs' inrun.pid names it
+
+    def in_process(self, kind: str, run: InProcess) -> None:
+        """Run jobs of ``kind`` as tasks of this process (see the module protocol), not in workers."""
+        self._in_process[kind] = run
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.queue_dir.mkdir, parents=True, exist_ok=True)
+        self._self = await asyncio.to_thread(ProcessIdentity.of, os.getpid())
         async with self._lock:
             await self._adopt()
         self._task = asyncio.create_task(self._supervise(), name="job-runner")
@@ -113,6 +147,12 @@ class JobRunner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        # In-process jobs end with the daemon: each task removes its inrun.pid as it is cancelled, so the
+        # job (its queue entry kept) is queued again for the next start.
+        tasks = [run.task for run in self._running.values() if run.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._zygote is not None:
             await asyncio.to_thread(self._locked_stop_zygote)
 
@@ -180,26 +220,36 @@ class JobRunner:
                      inputs: Sequence[str] = ()) -> JobState:
         """Queue the job (or find it).  ``inputs``: the stored objects it reads (retention keeps them)."""
         job_dir = Path(job_dir).resolve()
-        async with await self._settled_lock(job_dir):
-            state = await asyncio.to_thread(read_state, job_dir)
-            if state is not None:
-                if state.status == "queued" and not await asyncio.to_thread(self._has_entry, job_dir):
-                    # config.json was written but its queue entry was not (an I/O error or a crash
-                    # between the two): that request was never acknowledged, and nothing would ever
-                    # start the job.  Enqueue it now.
-                    await asyncio.to_thread(self._enqueue, job_dir, state.config, False)
-                    self._wake.set()
-                    return await self.state(job_dir)
-                if not (retry and state.status in ("failed", "cancelled")):
-                    return state
-                await self._settle(job_dir)
-                await asyncio.to_thread(self._reset, job_dir)
-                config = state.config
-            else:
-                config = {**(meta or {}), "kind": kind, "args": args, "requested": now_iso()}
-                if inputs:
-                    config[INPUTS] = {"objects": sorted(set(inputs))}
-            await asyncio.to_thread(self._enqueue, job_dir, config, state is None)
+        while True:
+            async with await self._settled_lock(job_dir):
+                state = await asyncio.to_thread(read_state, job_dir)
+                if state is not None:
+                    if state.status == "queued" and not await asyncio.to_thread(self._has_entry, job_dir):
+                        # config.json was written but its queue entry was not (an I/O error or a crash
+                        # between the two): that request was never acknowledged, and nothing would ever
+                        # start the job.  Enqueue it now.
+                        await asyncio.to_thread(self._enqueue, job_dir, state.config, False)
+                        self._wake.set()
+                        return await self.state(job_dir)
+                    if not (retry and state.status in ("failed", "cancelled")):
+                        return state
+                    exiting = self._running.get(job_dir)
+                    if exiting is None or not exiting.alive():
+                        # Its worker is gone: book that first, so the retry cannot race its bookkeeping.
+                        await self._reap()
+                        await asyncio.to_thread(self._reset, job_dir)
+                        config = state.config
+                        await asyncio.to_thread(self._enqueue, job_dir, config, False)
+                        break
+                else:
+                    config = {**(meta or {}), "kind": kind, "args": args, "requested": now_iso()}
+                    if inputs:
+                        config[INPUTS] = {"objects": sorted(set(inputs))}
+                    await asyncio.to_thread(self._enqueue, job_dir, config, True)
+                    break
+            # A failed job whose worker wrote its results and has not exited yet: wait for the exit
+            # outside the lock (like a stop), then look again.
+            await self._exited(exiting)
         self._wake.set()
         return await self.state(job_dir)
 
@@ -246,7 +296,10 @@ class JobRunner:
             await asyncio.to_thread(self._drop_entries, job_dir)
             done = self._busy[job_dir] = asyncio.Event()
         try:
-            if identity is not None:
+            if running is not None and running.task is not None:
+                running.task.cancel()
+                await asyncio.gather(running.task, return_exceptions=True)
+            elif identity is not None and not self._is_self(identity):
                 await asyncio.to_thread(terminate_group, identity, self.stop_timeout)
             if remove:
                 await asyncio.to_thread(shutil.rmtree, job_dir, True)
@@ -260,6 +313,7 @@ class JobRunner:
         finally:
             self._busy.pop(job_dir, None)
             done.set()
+        self._announce(job_dir)
         self._wake.set()
         return result
 
@@ -274,14 +328,34 @@ class JobRunner:
             await busy.wait()
 
     async def wait(self, job_dir: Path, timeout: float = 60.0) -> JobState:
+        """The job's final state; TimeoutError if it is not final within ``timeout``."""
+        state = await self.settled(job_dir, timeout)
+        if not state.final:
+            raise TimeoutError(f"job {job_dir} still {state.status} after {timeout}s")
+        return state
+
+    async def settled(self, job_dir: Path, timeout: float) -> JobState:
+        """The job's state once it is final, or as it is after ``timeout`` seconds.
+
+        Woken when the runner sees the job finish; the state is also read
+        every ``poll_interval`` (a job finished by another path, a removal).
+        """
+        job_dir = Path(job_dir).resolve()
         deadline = time.monotonic() + timeout
         while True:
+            # Taken before the read: a finish announced after it sets this very event.
+            event = self._finished.setdefault(job_dir, asyncio.Event())
             state = await self.state(job_dir)
-            if state.final:
+            left = deadline - time.monotonic()
+            if state.final or left <= 0:
                 return state
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_dir} still {state.status} after {timeout}s")
-            await asyncio.sleep(self.poll_interval)
+            await woken(event, min(left, self.poll_interval))
+
+    def _announce(self, job_dir: Path) -> None:
+        """Wake whoever waits in settled() for this job."""
+        event = self._finished.pop(job_dir, None)
+        if event is not None:
+            event.set()
 
     def running_jobs(self) -> list[Path]:
         return list(self._running)
@@ -343,6 +417,10 @@ class JobRunner:
                 if state is not None:
                     await asyncio.to_thread(unlink_quiet, job_dir / PIDFILE)
                 await asyncio.to_thread(unlink_quiet, entry)
+            elif state.status == "running" and state.worker is not None and self._is_self(state.worker):
+                # An in-process job of an earlier runner in this same process, whose task is gone.
+                log.warning("job %s: its in-process task is gone; marking it failed", job_dir)
+                await asyncio.to_thread(self._finish_dead, job_dir, entry)
             elif state.status == "running" and state.worker is not None:
                 log.info("adopted running job %s (pid %d)", job_dir, state.worker.pid)
                 self._running[job_dir.resolve()] = _Running(job_dir.resolve(), entry, state.worker)
@@ -369,32 +447,29 @@ class JobRunner:
             except Exception:
                 log.exception("job runner pass failed; retrying")
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except asyncio.TimeoutError:
-                pass
+            await woken(self._wake, self.poll_interval)
 
-    async def _settle(self, job_dir: Path) -> None:
-        """Wait for a finished job's worker to exit and reap it, so a retry cannot race its bookkeeping."""
-        run = self._running.get(job_dir)
-        if run is None:
-            return
-        while run.identity.alive():
-            await asyncio.sleep(self.poll_interval)
-        await self._reap()
+    async def _exited(self, run: _Running) -> None:
+        """Wait (holding no lock) until a job's worker or task has ended."""
+        while run.alive():
+            if run.task is not None:
+                await asyncio.wait([run.task])
+            else:
+                await asyncio.sleep(self.poll_interval)
 
     async def _reap(self) -> None:
         for job_dir, run in list(self._running.items()):
-            if run.identity.alive():
+            if run.alive():
                 continue
             del self._running[job_dir]
             await asyncio.to_thread(self._finish_dead, job_dir, run.entry)
             state = await asyncio.to_thread(read_state, job_dir)
             log.info("job %s finished: %s", job_dir, state.status if state else "removed")
+            self._announce(job_dir)
 
-    async def _pick_queued(self) -> list[tuple[Path, Path, asyncio.Event]]:
-        """Under the lock: the oldest queued jobs that fit, marked as starting."""
-        picked: list[tuple[Path, Path, asyncio.Event]] = []
+    async def _pick_queued(self) -> list[tuple[Path, Path, asyncio.Event, dict[str, Any]]]:
+        """Under the lock: the oldest queued jobs that fit (with their configs), marked as starting."""
+        picked: list[tuple[Path, Path, asyncio.Event, dict[str, Any]]] = []
         if len(self._running) >= self.concurrency:
             return picked
         for entry, job_dir in await asyncio.to_thread(self._entries):
@@ -410,14 +485,18 @@ class JobRunner:
                 await asyncio.to_thread(self._finish_dead, job_dir, entry)
                 continue
             event = self._busy[job_dir] = asyncio.Event()
-            picked.append((job_dir, entry, event))
+            picked.append((job_dir, entry, event, state.config))
         return picked
 
-    async def _start(self, picked: list[tuple[Path, Path, asyncio.Event]]) -> None:
-        """Outside the lock: spawn each picked job, then book it under the lock."""
-        for job_dir, entry, event in picked:
+    async def _start(self, picked: list[tuple[Path, Path, asyncio.Event, dict[str, Any]]]) -> None:
+        """Outside the lock: spawn each picked job (or start its task), then book it under the lock."""
+        for job_dir, entry, event, config in picked:
             try:
-                run = await asyncio.to_thread(self._spawn, job_dir, entry)
+                run_here = self._in_process.get(config.get("kind"))
+                if run_here is not None:
+                    run = await self._start_in_process(job_dir, entry, run_here, config.get("args") or {})
+                else:
+                    run = await asyncio.to_thread(self._spawn, job_dir, entry)
             except BaseException:
                 self._busy.pop(job_dir, None)
                 event.set()
@@ -428,6 +507,40 @@ class JobRunner:
                     self._running[job_dir] = run
                     self.max_seen_running = max(self.max_seen_running, len(self._running))
             event.set()
+
+    async def _start_in_process(self, job_dir: Path, entry: Path, run: InProcess,
+                                args: dict[str, Any]) -> _Running:
+        assert self._self is not None, "start() first"
+        # Not fsynced: lost with a power cut, the job reads queued (its entry is durable) and runs again.
+        await asyncio.to_thread(write_json, job_dir / PIDFILE, self._self.to_json(), durable=False)
+        task = asyncio.get_running_loop().create_task(self._run_in_process(job_dir, run, args),
+                                                      name=f"job-{job_dir.name}")
+        log.info("started job %s in the daemon", job_dir)
+        return _Running(job_dir, entry, self._self, task)
+
+    async def _run_in_process(self, job_dir: Path, run: InProcess, args: dict[str, Any]) -> None:
+        try:
+            results = {"status": "done", **(await run(job_dir, args) or {})}
+        except asyncio.CancelledError:
+            # The daemon stops (or the job is cancelled): not running any more, and no results.
+            await asyncio.shield(asyncio.to_thread(unlink_quiet, job_dir / PIDFILE))
+            raise
+        except Exception as exc:
+            results = failed_results(exc)
+        await asyncio.to_thread(self._publish_results, job_dir, results)
+        self._announce(job_dir)
+        self._wake.set()  # the supervisor reaps it (queue entry) and starts the next job
+
+    @staticmethod
+    def _publish_results(job_dir: Path, results: dict[str, Any]) -> None:
+        """The worker's last acts, for an in-process job: results, then no longer running."""
+        write_json(job_dir / RESULTS, results)
+        unlink_quiet(job_dir / PIDFILE)
+
+    def _is_self(self, identity: ProcessIdentity) -> bool:
+        own = self._self
+        return own is not None and (identity.pid, identity.boot_id, identity.start_ticks) == \
+            (own.pid, own.boot_id, own.start_ticks)
 
     def _spawn(self, job_dir: Path, entry: Path) -> _Running | None:
         pid = self._zygote_spawn(job_dir)

@@ -16,7 +16,6 @@ import importlib
 import logging
 import os
 import sys
-import traceback
 from pathlib import Path
 
 from storaged.errors import StoragedError
@@ -55,15 +54,9 @@ def run_job(job_dir: Path, data_dir: Path) -> dict:
     ctx = JobContext(job_dir, data_dir, config)
     try:
         func = resolve(config["kind"])
-        result = func(ctx) or {}
-        results = {"status": "done", **result}
-    except FFmpegError as exc:
-        results = {"status": "failed", "error_message": exc.message, "stderr": exc.stderr}
-    except StoragedError as exc:
-        results = {"status": "failed", "error_message": exc.message, "stderr": []}
+        results = {"status": "done", **(func(ctx) or {})}
     except Exception as exc:  # the job failed; say why and keep the daemon's view consistent
-        traceback.print_exc()
-        results = {"status": "failed", "error_message": f"{type(exc).__name__}: {exc}", "stderr": []}
+        results = failed_results(exc)
     # Logged before results.json appears: whoever sees the results (the daemon, a client polling
     # /results) must find the job's own account of its end in worker.log already.
     log.info("job %s: %s", job_dir, results["status"])
@@ -71,6 +64,16 @@ def run_job(job_dir: Path, data_dir: Path) -> dict:
     # The job is no longer running: results first, so no reader ever sees neither file.
     unlink_quiet(job_dir / PIDFILE)
     return results
+
+
+def failed_results(exc: Exception) -> dict:
+    """A failed job's results: what a worker and an in-process job (storaged.jobs.runner) both write."""
+    if isinstance(exc, FFmpegError):
+        return {"status": "failed", "error_message": exc.message, "stderr": exc.stderr}
+    if isinstance(exc, StoragedError):
+        return {"status": "failed", "error_message": exc.message, "stderr": []}
+    log.error("job failed", exc_info=exc)
+    return {"status": "failed", "error_message": f"{type(exc).__name__}: {exc}", "stderr": []}
 
 
 def main(argv: list[str] | None = None) -> int:

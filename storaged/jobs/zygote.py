@@ -2,7 +2,7 @@
 
 Starting a worker as a fresh Python process costs a few hundred
 milliseconds of interpreter start-up and imports, which dominates short jobs
-(a stream-copy clip takes ~0.1 s of ffmpeg).  The zygote pays that once: it
+(a stream-copy clip of a video takes ~0.1 s of ffmpeg).  The zygote pays that once: it
 imports the worker and the job modules, then waits on stdin for job
 directories, one per line.  For each it forks a child that resets its
 signal dispositions, becomes a session leader (so the job and its ffmpeg are
@@ -33,8 +33,7 @@ from pathlib import Path
 from storaged.jobs import worker
 from storaged.jobs.state import WORKER_LOG
 
-PRELOAD = ("storaged.analyses.work", "storaged.sessions.split", "storaged.camera.convert",
-           "storaged.recording.clips")
+PRELOAD = ("storaged.analyses.work", "storaged.sessions.split", "storaged.camera.convert")
 
 
 def _child(job_dir: Path, data_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, AsyncIterator
 
@@ -11,6 +12,7 @@ from storaged.api.bodies import json_object
 from storaged.api.keys import Deps
 from storaged.config import ConfigError
 from storaged.errors import BadRequest
+from storaged.recording import clips
 from storaged.recording.clips import ClipService
 from storaged.recording.provider import RecordingProvider
 from storaged.recording.supervisor import StreamService
@@ -33,7 +35,8 @@ def setup(app: web.Application, deps: Deps) -> None:
     if config.stream_segment_time < MIN_SEGMENT_TIME:
         raise ConfigError(f"stream_segment_time must be at least {MIN_SEGMENT_TIME:g} s")
     app[STREAMS] = StreamService(deps.layout, config, deps.videostreams)
-    app[CLIPS] = ClipService(app[STREAMS], deps.objects, config.stream_clip_wait)
+    app[CLIPS] = ClipService(app[STREAMS], deps.objects, deps.jobs, config.stream_clip_wait)
+    deps.jobs.in_process(clips.KIND, functools.partial(clips.cut_clips, app[CLIPS]))
     provider = PROVIDER(deps.layout, config)
     provider.service = app[STREAMS]
     deps.providers.append(provider)
@@ -44,7 +47,6 @@ def setup(app: web.Application, deps: Deps) -> None:
 async def _streams_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[STREAMS].open()
     yield
-    await app[CLIPS].close()
     await app[STREAMS].close()
 
 

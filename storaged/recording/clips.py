@@ -2,26 +2,38 @@
 
 Protocol
 --------
-A clip request is a job directory ``<data>/streams/<id>/clips/<clip_id>/``
-whose id is a hash of (stream, start, stop), so asking again answers the same
-job.  ``config.json`` (what was asked) is written atomically before the cut
-starts; ``results.json`` (written last, atomically) makes it done.  The cut
-runs in the daemon as a tracked task: one ffmpeg per continuous stretch of
+A clip is a job of the job engine (storaged.jobs.runner) in
+``<data>/streams/<id>/clips/<clip_id>/``, whose id is a hash of (stream,
+start, stop, mode), so asking again answers the same job.  It has the
+engine's one state machine and files: ``config.json`` (what was asked,
+written durably with the job's queue entry), ``inrun.pid`` while it is cut,
+``results.json`` (written last, atomically) when done or failed; janitor
+expiry (kind ``clips``), fsck and /metrics see it like every job.  The kind
+runs *in process* (:meth:`JobRunner.in_process`): the cut is ~0.1 s of
+stream copy, and a worker's fork plus the client's wait for it would cost
+as much again.  It takes a slot of ``job_concurrency`` like any job.  The
+cut (:meth:`ClipService.cut`): one ffmpeg per continuous stretch of
 recording (``-f concat`` with inpoint/outpoint on the first and last
 segment, ``-c copy``, ``+faststart``); each mp4 becomes a content-addressed
 object and is removed from the job directory.
 
-*What a reader sees.*  No ``results.json``: pending/processing; with it: the
-final answer.  Readers take no lock.
+*What a reader sees.*  The engine's states: queued or running answer
+``processing``, done answers its results, failed answers 500 ``Cannot cut
+clip: ...``.  Readers take no lock.
 
-*Who waits.*  One task per job in this process; a second request for a job in
-flight waits on that task (up to ``stream_clip_wait``), never starts another.
+*Who waits.*  A request submits the job (or finds it) and waits up to
+``stream_clip_wait`` for it to settle (:meth:`JobRunner.settled`, woken as
+the cut ends); a second request for a job in flight waits on the same job,
+never starts another.  A request that finds the job failed asks the engine
+to retry it (``submit(retry=True)``): asking again cuts again.  A range whose
+end is not recorded yet answers ``pending`` and submits nothing.
 
-*What a crash leaves.*  A job directory with ``config.json`` and no
-``results.json`` (maybe a half-written mp4): the next request for it cuts
-again from scratch.  That is also why the job's own JSON files are written
-atomically but without fsync (a power cut can only cost a re-cut), while
-the clip itself goes through the object store durably.
+*What a crash leaves.*  The engine's: a daemon killed mid-cut leaves
+``inrun.pid`` naming it, so the job reads failed ("interrupted") and the
+next request cuts again from scratch (a half-written mp4 in the job
+directory is overwritten); a daemon that stops cleanly leaves the job
+queued, and the next start cuts it.  The clip itself goes through the
+object store durably.
 """
 
 from __future__ import annotations
@@ -35,15 +47,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from storaged.errors import BadRequest, StoragedError
+from storaged.errors import BadRequest, NotFound, StoragedError
+from storaged.jobs.runner import JobRunner
 from storaged.supervise import ffmpeg
 from storaged.recording import index as idx
 from storaged.recording.supervisor import StreamService
-from storaged.store.atomic import read_json_or, write_json
 from storaged.store.objects import ObjectStore
 
 log = logging.getLogger("storaged.clips")
 
+# The job kind (the name config.json has always carried): run in process, see cut_clips.
 KIND = "storaged.recording.clips:cut_clips"
 MIN_PIECE = 0.04  # shorter overlaps than one frame are not worth a clip
 
@@ -136,11 +149,11 @@ async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
 
 
 class ClipService:
-    def __init__(self, streams: StreamService, objects: ObjectStore, wait: float) -> None:
+    def __init__(self, streams: StreamService, objects: ObjectStore, jobs: JobRunner, wait: float) -> None:
         self.streams = streams
         self.objects = objects
+        self.jobs = jobs
         self.wait = wait
-        self._tasks: dict[str, asyncio.Task] = {}
 
     def job_dir(self, stream_id: int, cid: str) -> Path:
         return self.streams.stream_dir(stream_id) / "clips" / cid
@@ -157,44 +170,36 @@ class ClipService:
             raise BadRequest(f"mode must be one of: {', '.join(MODES)}")
         cid = clip_id(stream_id, start, stop, mode)
         jd = self.job_dir(stream_id, cid)
-        key = str(jd)
-        task = self._tasks.get(key)
-        if task is None:
-            results = await asyncio.to_thread(read_json_or, jd / "results.json", None)
-            if results is not None and results.get("status") == "done":
-                return results
-            if stop is not None and state.get("recording"):
-                segments = await asyncio.to_thread(self.streams.index(stream_id).segments)
-                until = max((s.end for s in segments), default=None)
-                if until is None or until < stop:
-                    # Not recorded yet: cutting now would fix a clip that is missing its end.
-                    return {"status": "pending", "clip_id": cid, "start": start, "stop": stop,
-                            "recorded_until": None if until is None else round(until, 3)}
-            config = {"kind": KIND, "requested": datetime.now(timezone.utc).isoformat(),
-                      "args": {"stream_id": stream_id, "start": start, "stop": stop, "mode": mode}}
-            await asyncio.to_thread(_prepare, jd, config)
-            task = asyncio.get_running_loop().create_task(self._cut(stream_id, cid, start, stop, mode))
-            self._tasks[key] = task
-            task.add_done_callback(lambda t, k=key: self._done(k, t))
-        if self.wait > 0:
-            await asyncio.wait([task], timeout=self.wait)
-        if task.done() and not task.cancelled():
-            exc = task.exception()
-            if exc is None:
-                return task.result()
+        try:
+            job = await self.jobs.state(jd)
+        except NotFound:
+            job = None
+        if job is not None and job.status == "done":
+            return job.results or {}
+        if (job is None or job.final) and stop is not None and state.get("recording"):
+            segments = await asyncio.to_thread(self.streams.index(stream_id).segments)
+            until = max((s.end for s in segments), default=None)
+            if until is None or until < stop:
+                # Not recorded yet: cutting now would fix a clip that is missing its end.
+                return {"status": "pending", "clip_id": cid, "start": start, "stop": stop,
+                        "recorded_until": None if until is None else round(until, 3)}
+        if job is None or job.final or job.status == "queued":
+            # (queued: submit also queues again a job whose queue entry a crash kept from being written)
+            await self.jobs.submit(jd, KIND, {"stream_id": stream_id, "start": start, "stop": stop, "mode": mode},
+                                   retry=True)
+        job = await self.jobs.settled(jd, max(self.wait, 0.0))
+        if job.status == "done":
+            return job.results or {}
+        if job.final:
             # The contract knows pending/processing/done and error_message: a failed cut is a 500 in
             # that shape (asking again cuts again), never a fourth status a poll loop would spin on.
-            raise StoragedError(f"Cannot cut clip: {exc}", status=500, clip_id=cid)
+            raise StoragedError(f"Cannot cut clip: {job.error or job.status}", status=500, clip_id=cid)
         return {"status": "processing", "clip_id": cid, "start": start, "stop": stop}
 
-    def _done(self, key: str, task: asyncio.Task) -> None:
-        self._tasks.pop(key, None)
-        if not task.cancelled():
-            task.exception()  # retrieved: a failure is answered from results.json
-
-    async def _cut(self, stream_id: int, cid: str, start: float, stop: float | None,
-                   mode: str = "copy") -> dict[str, Any]:
-        jd = self.job_dir(stream_id, cid)
+    async def cut(self, jd: Path, args: dict[str, Any]) -> dict[str, Any]:
+        """The job itself (run by the job engine in the daemon): the clip's results, or an error."""
+        stream_id, start, stop, mode = int(args["stream_id"]), args["start"], args["stop"], args.get("mode", "copy")
+        cid = jd.name
         began = time.monotonic()
         index = self.streams.index(stream_id)
         # Segments the janitor has removed are still listed by their run; they count as missing.
@@ -243,21 +248,16 @@ class ClipService:
                               "segments": len(paths)})
         except ffmpeg.FFmpegError as exc:
             log.error("stream %d: clip %s failed: %s %s", stream_id, cid, exc, exc.stderr)
-            results = {"status": "failed", "clip_id": cid, "error": str(exc), "stderr": exc.stderr}
-            await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
             raise
-        results = {"status": "done", "clip_id": cid, "start": start, "stop": stop_eff, "mode": mode,
-                   "clips": clips, "covered": covered, "missing": p["missing"],
-                   "seconds": round(time.monotonic() - began, 3),
-                   "timings": {k: round(v, 3) for k, v in timings.items()}}
-        await asyncio.to_thread(write_json, jd / "results.json", results, durable=False)
-        return results
+        return {"clip_id": cid, "start": start, "stop": stop_eff, "mode": mode,
+                "clips": clips, "covered": covered, "missing": p["missing"],
+                "seconds": round(time.monotonic() - began, 3),
+                "timings": {k: round(v, 3) for k, v in timings.items()}}
 
-    async def close(self) -> None:
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+async def cut_clips(service: ClipService, jd: Path, args: dict[str, Any]) -> dict[str, Any]:
+    """The job KIND names; the family's setup registers it with the engine, bound to its service."""
+    return await service.cut(jd, args)
 
 
 def _video_duration(info: dict[str, Any]) -> float | None:
@@ -266,14 +266,3 @@ def _video_duration(info: dict[str, Any]) -> float | None:
         if stream.get("codec_type") == "video" and stream.get("duration") not in (None, "N/A"):
             return float(stream["duration"])
     return ffmpeg.duration_of(info)
-
-
-def _prepare(jd: Path, config: dict[str, Any]) -> None:
-    jd.mkdir(parents=True, exist_ok=True)
-    for stale in ("results.json",):
-        try:
-            os.unlink(jd / stale)
-        except FileNotFoundError:
-            pass
-    if not (jd / "config.json").exists():
-        write_json(jd / "config.json", config, durable=False)

@@ -8,9 +8,14 @@ retriers (outbox entries, restarted processes) from waking in lock step.
 :meth:`Backoff.restart_delay` after each run; the reset rule is that a run
 that did useful work (recorded a segment, saved an image) or lasted longer
 than ``longest`` counts as a success, so the next wait is ``first`` again.
+
+*Waiting between passes* of a loop that can be woken early (the job runner,
+the storage tier's outbox): :func:`woken`.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import random
 
@@ -43,3 +48,17 @@ class Backoff:
         if did_work or ran_for > self.longest:
             self.succeeded()
         return self.failed()
+
+
+async def woken(event: asyncio.Event, timeout: float | None) -> None:
+    """Wait until ``event`` is set or ``timeout`` seconds pass (None: no limit), for loops that wake early.
+
+    Not ``wait_for``: on Python 3.11 a cancel that meets its timeout comes out as
+    TimeoutError, so a loop ignoring timeouts swallowed the cancel and its owner's
+    close() waited forever.  ``asyncio.timeout`` tells the two apart.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass

@@ -67,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from storaged.supervise.backoff import Backoff
+from storaged.supervise.backoff import Backoff, woken
 from storaged.store.objects import now_iso
 from storaged.store.atomic import read_json, unlink_quiet, write_json
 from storaged.store.layout import Layout
@@ -244,10 +244,7 @@ class Tier:
                 self._workers.add(task)
                 task.add_done_callback(self._workers.discard)
             timeout = None if soonest is None else max(0.05, soonest - now)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await woken(self._wake, timeout)
 
     async def _work(self, name: str) -> None:
         entry = self.entries[name]
