@@ -239,6 +239,8 @@ async def bench_download(ctx: dict, repeat: int, procs: Processes) -> dict:
         for url in urls.values():  # warm-up: both read the same page-cached file from here on
             await curl_download(url, size)
         rows: dict[tuple[str, int, str], list] = {}
+        cpu: dict[tuple[str, int, str], list] = {}  # server CPU seconds per GiB sent
+        pids = {"storaged": ctx["pids"]["storaged"], "nginx": proc.pid}
         for r in range(repeat):
             for cache in ("warm", "cold"):
                 for clients in (1, 4):
@@ -246,17 +248,33 @@ async def bench_download(ctx: dict, repeat: int, procs: Processes) -> dict:
                     for who in order:
                         if cache == "cold":
                             drop_from_page_cache(stored)
+                        c0 = tree_cpu(pids[who])
                         t0 = time.perf_counter()
                         await asyncio.gather(*(curl_download(urls[who], size) for _ in range(clients)))
                         wall = time.perf_counter() - t0
                         runs = rows.setdefault((who, clients, cache), [])
                         runs.append(mb_s(size * clients, wall))
+                        cpu.setdefault((who, clients, cache), []).append(
+                            (tree_cpu(pids[who]) - c0) / (size * clients / 1024 ** 3))
                         print(f"  download {cache} {who:8s} x{clients} run {r + 1}: {runs[-1]:7.1f} MB/s",
                               file=sys.stderr)
-        return {"size": size, "runs": rows, "nginx_version": version}
+        return {"size": size, "runs": rows, "cpu": cpu, "nginx_version": version}
     finally:
         procs.stop(proc)
         await forget(ctx, "storaged", file_id)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children (nginx's workers) so far."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = p.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def drop_from_page_cache(path: Path) -> None:
@@ -428,18 +446,22 @@ def render(args, res: dict, elapsed: float) -> str:
                     "object's directory in the data dir, its own generated config/pid/logs in a temp dir.  "
                     "Warm: one warm-up download each first, the file stays in the page cache.  Cold: the file's "
                     "pages are evicted (`posix_fadvise(DONTNEED)` on that file only) before every run, so each "
-                    "run reads it from the disk.",
+                    "run reads it from the disk.  Server CPU: user + system seconds of the server process "
+                    "and its children (nginx's workers) during the run, per GiB sent — the figure the "
+                    "machine's load does not set (a run's MB/s is mostly the curls' share of the CPUs).",
                     "",
                     f"| cache | clients | storaged MB/s | nginx MB/s | ratio (goal ≥ {DOWNLOAD_GOAL}×) "
-                    "| runs storaged / nginx |",
-                    "| --- | --- | --- | --- | --- | --- |"]
+                    "| runs storaged / nginx | server CPU s per GiB sent, storaged / nginx (medians) |",
+                    "| --- | --- | --- | --- | --- | --- | --- |"]
             for cache in ("warm", "cold"):
                 for clients in (1, 4):
                     ours, ngx = d["runs"][("storaged", clients, cache)], d["runs"][("nginx", clients, cache)]
                     ratio = median(ours) / median(ngx)
                     out.append(f"| {cache} | {clients} | {median(ours):.0f} | {median(ngx):.0f} | "
                                f"**{ratio_text(ratio, DOWNLOAD_GOAL)}** ({verdict(ratio >= DOWNLOAD_GOAL)}) | "
-                               f"{', '.join(f'{x:.0f}' for x in ours)} / {', '.join(f'{x:.0f}' for x in ngx)} |")
+                               f"{', '.join(f'{x:.0f}' for x in ours)} / {', '.join(f'{x:.0f}' for x in ngx)} | "
+                               f"{median(d['cpu'][('storaged', clients, cache)]):.2f} / "
+                               f"{median(d['cpu'][('nginx', clients, cache)]):.2f} |")
             out.append("")
     if "lag" in res:
         lag = res["lag"]
