@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import machine_note  # noqa: E402
 from storaged.recording.index import list_name, run_dir_name  # noqa: E402
 
 SEGMENT = 10
@@ -143,6 +144,7 @@ def main() -> int:
         print(f"plain ffmpeg -f concat -c copy:        median {m_plain * 1000:.1f} ms  "
               f"(min {min(plain) * 1000:.1f}, max {max(plain) * 1000:.1f})")
         print(f"ratio {ratio:.2f}x (goal <= 1.3x): {'met' if ratio <= 1.3 else 'NOT met'}")
+        print(machine_note())
         if args.write:
             write_section(m_ours, m_plain, ratio, args.rounds, ours, plain)
         return 0
@@ -166,8 +168,7 @@ def write_section(m_ours, m_plain, ratio, rounds, ours, plain) -> None:
         f"{max(ours) * 1000:.0f} ms |\n"
         f"| plain `ffmpeg -f concat … -c copy` | {m_plain * 1000:.0f} ms | {min(plain) * 1000:.0f} ms | "
         f"{max(plain) * 1000:.0f} ms |\n\n"
-        f"Ratio **{ratio:.2f}×** (goal ≤ 1.3×: {'met' if ratio <= 1.3 else 'not met'}). Measured on a 2-core "
-        "machine shared with other test runs.\n")
+        f"Ratio **{ratio:.2f}×** (goal ≤ 1.3×: {'met' if ratio <= 1.3 else 'not met'}). {machine_note()}.\n")
     update_benchmarks("### clip cutting", block)
 
 

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import machine_note  # noqa: E402
 from stream_clip import update_benchmarks  # noqa: E402
 from tests.live_source import LiveSource  # noqa: E402
 
@@ -111,6 +112,7 @@ def main() -> int:
             print(f"  stream {i}: {n} segments ({during} during the window), {covered:.1f} s covered, "
                   f"restarts {restarts}, gaps {gaps}")
         print("segments lost: " + ("YES" if lost else "none"))
+        print(machine_note())
         if args.write:
             rows = "".join(f"| {i} | {n} | {covered:.1f} s | {restarts} | {gaps} |\n"
                            for i, n, _, covered, restarts, gaps in report)
@@ -121,7 +123,8 @@ def main() -> int:
                 f"recorded at once by a real daemon for {wall:.0f} s while a client polls every status every "
                 "5 s. CPU is the daemon process's own (psutil user+system), not its ffmpeg children.\n\n"
                 f"Daemon CPU: **{share:.2f} % of one core** (goal < 2 %: {'met' if share < 2 else 'not met'}). "
-                f"Segments lost: **{'yes' if lost else 'none'}** (one run per stream, no restarts, no gaps).\n\n"
+                f"Segments lost: **{'yes' if lost else 'none'}** (one run per stream, no restarts, no gaps). "
+                f"{machine_note()}.\n\n"
                 "| stream | segments | covered | restarts | gaps |\n| --- | --- | --- | --- | --- |\n" + rows)
             update_benchmarks("### recording CPU", block)
         return 1 if lost else 0
