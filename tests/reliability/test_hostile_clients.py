@@ -83,7 +83,9 @@ async def test_slowloris_is_cut_after_the_head_timeout_while_healthz_answers(dae
 
     tasks = [asyncio.create_task(slowloris()) for _ in range(clients)]
     await trickled.wait()
-    assert await metric(d.url, "storaged_http_connections") >= clients / 2
+    # Polled: on a loaded machine the clients' connects may still be under way when the first one trickles.
+    await wait_until(lambda: _held_at_least(d.url, clients / 2), timeout=60,
+                     what="the daemon to hold half the slowloris connections at once")
     statuses = [await healthz(d.url) for _ in range(5)]  # served while the slowloris holds its connections
     assert statuses == [200] * 5
     await asyncio.gather(*tasks)
@@ -122,7 +124,7 @@ async def test_stalled_upload_is_cut_and_leaves_nothing(daemon):
     got = await closed_by_server(reader)
     writer.close()
     assert not got.startswith(b"HTTP/1.1 200"), got[:200]
-    await wait_until(lambda: _async(not any(tmp.iterdir())), timeout=10, what="the temp file removed")
+    await wait_until(lambda: _async(not any(tmp.iterdir())), timeout=60, what="the temp file removed")
     objects = [p for p in d.data_dir.iterdir() if len(p.name) == 2]
     assert objects == [], f"a cut upload stored something: {objects}"
     assert await metric(d.url, 'storaged_http_connections_closed_total{reason="slow_upload"}') == 1
@@ -218,6 +220,10 @@ async def test_token_guessing_is_slowed_down_per_address(make_client, caplog):
 
 async def _async(value):
     return value
+
+
+async def _held_at_least(url: str, count: float) -> bool:
+    return await metric(url, "storaged_http_connections") >= count
 
 
 async def _metric_is(url: str, name: str, value: float) -> bool:
