@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Other commands register here: name -> (help, add_arguments(parser), run(config, args) -> exit code).
 COMMANDS: dict = {}
-COMMANDS.update(ops_commands.commands(families.providers))  # gc, fsck
+COMMANDS.update(ops_commands.commands(families.providers, families.check_remote))  # gc, fsck
 COMMANDS.update(tier_restore.COMMANDS)  # restore --from-remote
 
 

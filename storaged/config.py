@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_INI = Path("/etc/storaged/storaged.ini")
 ENV_PREFIX = "STORAGED_"
@@ -327,3 +328,10 @@ def load(args: argparse.Namespace | None = None, env: Mapping[str, str] | None =
             if raw is not None:
                 values[name] = _coerce(name, raw)
     return Config(**values)
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc

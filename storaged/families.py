@@ -4,6 +4,8 @@ Each is a package ``storaged/<family>/`` that alone knows its paths and file
 names: ``api.py`` (its routes, ``setup(app, deps)``, and ``PROVIDER``, the
 class of its provider), ``provider.py`` (what retention, fsck, metrics and a
 storage tier may ask of it, see storaged.provider) and its service modules.
+The storage tier is not a family but answers beside them: its eviction
+provider and ``check_remote`` (its copies, for ``fsck --remote``).
 videostreams comes before recording, which registers live runs in its
 catalogue; playback reads recording's streams, so it comes after.
 """
@@ -19,6 +21,7 @@ from storaged.provider import Provider
 from storaged.recording import api as recording
 from storaged.sessions import api as sessions
 from storaged.store.layout import Layout
+from storaged.tier.check import check_remote  # noqa: F401  (for the command line: fsck --remote)
 from storaged.tier.evict import providers_for as tier_providers
 from storaged.uploads import api as uploads
 from storaged.videostreams import api as videostreams

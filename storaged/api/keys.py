@@ -58,7 +58,8 @@ class Deps:
     families, hands them to the janitor and /metrics), the analyses family
     appends to ``before_delete``, the storage tier to ``after_put``,
     ``read_through`` and ``ensure_local`` (each is also the app key of the
-    same name in capitals), and the videostreams family sets
+    same name in capitals), families and the tier to ``landing_sections``,
+    and the videostreams family sets
     ``videostreams`` before the recording family, which registers its runs
     there, is set up.  The uploads family hooks the ``/files`` subtree into
     ``front`` (the one middleware) and ops adds its request observer there.
@@ -78,3 +79,6 @@ class Deps:
     videostreams: "VideostreamCatalogue | None" = None
     timeline_marks: list[Callable[[float, float], Awaitable[list]]] = field(default_factory=list)
     collectors: list[Any] = field(default_factory=list)  # more Prometheus collectors for ops' /metrics
+    # Sections of the landing page, ``(order, render)`` with ``await render(request)`` answering HTML
+    # ("" leaves it out); families add theirs, storaged.web.landing (set up after them) renders them.
+    landing_sections: list[tuple[int, Callable[[web.Request], Awaitable[str]]]] = field(default_factory=list)

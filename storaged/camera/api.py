@@ -24,10 +24,10 @@ from aiohttp import web
 from storaged.web.browse import serve_tree
 from storaged.api.bodies import json_object
 from storaged.api.keys import Deps
-from storaged.camera import convert, images, usage
+from storaged.camera import convert, images, landing, usage
 from storaged.camera.motion import CameraSpec, MotionService, parse_cameras
 from storaged.camera.provider import CameraProvider
-from storaged.config import ConfigError
+from storaged.config import ConfigError, zone
 from storaged.errors import BadRequest, NotFound, missing_or_mistyped
 from storaged.schema import object_schema
 
@@ -83,7 +83,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     """Add this family's routes and services to the app; register its provider."""
     config = deps.config
     try:
-        tz = images.zone(config.timezone)
+        tz = zone(config.timezone)
         specs = parse_cameras(config.cameras, config.camera_threshold, config.camera_max_fps)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -100,6 +100,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     provider.motion = motion
     deps.providers.append(provider)
     deps.timeline_marks.append(lambda start, end: motion_marks(app[CAMERA], start, end))
+    deps.landing_sections.append((landing.ORDER, landing.cameras_section(app[CAMERA])))
     app.cleanup_ctx.append(lambda app: _camera_ctx(app, config))
     app.add_routes(routes)
 

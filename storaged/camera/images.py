@@ -23,7 +23,7 @@ import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Iterator
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from storaged.errors import BadRequest, missing_or_mistyped
 
@@ -32,13 +32,6 @@ DAY_RE = re.compile(r"^\d{8}$")
 KEY_RE = re.compile(r"^(\d{8})-(\d{6})$")
 EXT = ".jpg"
 MAX_CAMERA = 999_999
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r}") from exc
 
 
 def image_name(when: datetime) -> str:

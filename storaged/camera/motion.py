@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 from storaged.camera import images
@@ -153,20 +152,6 @@ def parse_cameras(raw: str, threshold: float, fps: float) -> dict[int, CameraSpe
             raise ValueError(f"camera {spec.number} is configured twice")
         out[spec.number] = spec
     return out
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for status pages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def filter_chain(spec: CameraSpec) -> str:
@@ -306,7 +291,7 @@ class CameraSupervisor:
     def status(self) -> dict[str, Any]:
         s = self.spec
         return {
-            "camera": s.number, "enabled": s.enabled, "running": self.running, "source": redact(s.url),
+            "camera": s.number, "enabled": s.enabled, "running": self.running, "source": ff.redact(s.url),
             "pid": self.proc.pid if self.running else None,
             "threshold": s.threshold, "fps": s.fps, "detect": s.detect,
             "imagesSaved": self.images_saved, "lastImage": self.last_image,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TextIO
 
 from storaged.config import Config, ConfigError, add_bool_flag
 from storaged.ops.fsck import Fsck
@@ -20,6 +20,8 @@ from storaged.provider import Provider
 from storaged.store.layout import Layout
 
 ProvidersFor = Callable[[Layout, Config], Iterable[Provider]]
+# The storage tier's check of its remote copies: (layout, config, out, sample) -> problems found.
+RemoteCheck = Callable[[Layout, Config, TextIO, int], int]
 
 
 def _gc_args(parser: argparse.ArgumentParser) -> None:
@@ -53,12 +55,10 @@ def _fsck_args(parser: argparse.ArgumentParser) -> None:
                         help="with --remote: also download N random remote copies and hash their bytes")
 
 
-def _fsck(config: Config, args: argparse.Namespace, providers: ProvidersFor) -> int:
+def _fsck(config: Config, args: argparse.Namespace, providers: ProvidersFor, check_remote: RemoteCheck) -> int:
     layout = Layout(config.data_dir)
     status = Fsck(layout, config, providers(layout, config), repair=args.repair, deep=args.deep).run()
     if args.remote or args.remote_sample:
-        from storaged.tier.check import check_remote
-
         try:
             remote_problems = check_remote(layout, config, sys.stdout, args.remote_sample)
         except ConfigError as exc:
@@ -69,11 +69,14 @@ def _fsck(config: Config, args: argparse.Namespace, providers: ProvidersFor) -> 
     return status
 
 
-def commands(providers: ProvidersFor) -> dict:
-    """name -> (help, add_arguments(parser), run(config, args) -> exit code)."""
+def commands(providers: ProvidersFor, check_remote: RemoteCheck) -> dict:
+    """name -> (help, add_arguments(parser), run(config, args) -> exit code).
+
+    ``providers``: every family's provider (storaged.families.providers); ``check_remote``: the storage
+    tier's check of its copies (storaged.families.check_remote), for ``fsck --remote``."""
     return {
         "gc": ("one janitor pass: delete expired data and free space (--dry-run: only print); "
                "safe beside a live daemon", _gc_args, lambda config, args: _gc(config, args, providers)),
         "fsck": ("verify every object, JSON file, job, queue entry and reference (--repair: set damage aside); "
-                 "safe beside a live daemon", _fsck_args, lambda config, args: _fsck(config, args, providers)),
+                 "safe beside a live daemon", _fsck_args, lambda config, args: _fsck(config, args, providers, check_remote)),
     }

@@ -12,7 +12,7 @@ from storaged.api.bodies import json_object
 from storaged.api.keys import Deps
 from storaged.config import ConfigError
 from storaged.errors import BadRequest
-from storaged.recording import clips
+from storaged.recording import clips, landing
 from storaged.recording.clips import ClipService
 from storaged.recording.provider import RecordingProvider
 from storaged.recording.supervisor import StreamService
@@ -40,6 +40,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     provider = PROVIDER(deps.layout, config)
     provider.service = app[STREAMS]
     deps.providers.append(provider)
+    deps.landing_sections.append((landing.ORDER, landing.streams_section(app[STREAMS])))
     app.cleanup_ctx.append(_streams_ctx)
     app.add_routes(routes)
 

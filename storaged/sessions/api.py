@@ -13,6 +13,7 @@ from aiohttp import web
 from storaged.api.bodies import json_value
 from storaged.api.keys import Deps
 from storaged.errors import BadRequest
+from storaged.sessions import landing
 from storaged.sessions.provider import SessionsProvider
 from storaged.sessions.service import MAX_SECONDS, SessionsService
 
@@ -239,5 +240,6 @@ def setup(app: web.Application, deps: Deps) -> None:
     """Add this family's routes and services to the app; register its provider."""
     app[SESSIONS] = SessionsService(deps.layout, deps.objects, deps.jobs, deps.ensure_local)
     deps.providers.append(PROVIDER(deps.layout, deps.config))
+    deps.landing_sections.append((landing.ORDER, landing.sessions_section(app[SESSIONS])))
     app.cleanup_ctx.append(_sessions_ctx)
     app.add_routes(routes)

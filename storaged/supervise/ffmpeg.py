@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
@@ -75,6 +76,20 @@ class FFmpegError(StoragedError):
 class Result:
     returncode: int
     stderr: list[str] = field(default_factory=list)
+
+
+def redact(url: str) -> str:
+    """A source URL without its password, for status pages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def base_args() -> list[str]:

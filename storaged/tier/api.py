@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from storaged.web import landing, openapi
+from storaged.web import openapi
 from storaged.web.page import esc, human_duration, human_size, table
 from storaged.api.keys import LAYOUT, Deps
 from storaged.errors import StoragedError
@@ -44,7 +44,7 @@ def setup(app: web.Application, deps: Deps) -> None:
     deps.read_through.append(read_through)
     deps.ensure_local.append(lambda oid, meta: ensure_local(tier, oid, meta))
     app.cleanup_ctx.append(_tier_ctx)
-    landing.add_section(app, tier_section, 60)
+    deps.landing_sections.append((60, tier_section))
 
 
 async def on_put(tier: Tier, meta: dict) -> None:
