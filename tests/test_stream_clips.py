@@ -110,8 +110,10 @@ async def test_clips_start_on_the_keyframe_at_or_before_start_and_accurate_ones_
         assert covered["start"] == pytest.approx(start, abs=0.001)
         n = first_frame_number(await fetch(out["clips"][0]["link"], tmp_path / f"acc{k}.mp4"))
         expected = (n0 + (start - c0) * FPS) % CYCLE
-        # the frame shown at start began at most one frame before it
-        assert (n - expected) % CYCLE in (0, CYCLE - 1) or abs(n - expected) <= 1, (n, expected)
+        # the frame shown at start began at most one frame before it; a start that falls on a frame
+        # boundary (to within the index's millisecond and MPEG-TS's 90 kHz rounding) may get either frame
+        off = (n - expected) % CYCLE
+        assert min(off, CYCLE - off) <= 1 + 1e-3, (n, expected)
 
 
 async def test_a_failed_cut_answers_500_with_error_message(make_client, no_leftover_ffmpeg, tmp_path, data_dir):
