@@ -93,6 +93,29 @@ def test_finishing_a_run_keeps_complete_segments_and_drops_torn_and_unlisted_one
     assert fsck(tmp_path / "data").returncode == 0
 
 
+def test_a_rejection_the_full_disk_would_not_let_us_note_is_noted_by_the_next_pass(tmp_path, monkeypatch):
+    """Out of space, the ``.absent`` note of a rejected segment can fail too; the hole must still be noted
+    once a later pass can write, or fsck reports a known hole as a missing segment."""
+    seg_dir = tmp_path / "data" / "streams" / "1" / "segments"
+    record_run(seg_dir, 1, seconds=4)
+    rows = list_rows(seg_dir, 1)
+    torn = seg_dir / "r000001" / rows[1][0]
+    torn.write_bytes(torn.read_bytes()[:12288])
+    real_note = idx.note_absent
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(idx, "note_absent", disk_full)
+    _, rejected, _ = idx.finalize_run(seg_dir, 1, live=True)
+    assert len(rejected) == 1
+    assert not (seg_dir / idx.absent_name(1)).exists()
+    monkeypatch.setattr(idx, "note_absent", real_note)
+    idx.finalize_run(seg_dir, 1, live=False)  # the run ends with space back
+    assert idx.final_name(rows[1][0]) in idx.known_absent(seg_dir, 1)
+    assert fsck(tmp_path / "data").returncode == 0
+
+
 def test_fsck_checks_segments_against_the_list_and_repair_sets_damage_aside(tmp_path):
     data = tmp_path / "data"
     seg_dir = data / "streams" / "1" / "segments"

@@ -55,6 +55,7 @@ import logging
 import os
 import re
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,10 @@ from storaged.store.atomic import fsync_dir
 from storaged.supervise.ffmpeg import duration_of, probe_sync
 
 log = logging.getLogger("storaged.streams")
+
+# Rejections the ``.absent`` note could not take yet (a full disk), by (segments dir, run).
+_UNNOTED: dict[tuple[str, int], list[str]] = {}
+_UNNOTED_LOCK = threading.Lock()
 
 SEQ_RE = re.compile(r"^r(\d{6})-(\d{6,})\.ts$")            # final name of a sequence-numbered segment
 OLD_RE = re.compile(r"^r(\d{6})-(\d{8}T\d{6})Z\.ts$")     # older runs: the UTC second it was opened
@@ -372,6 +377,7 @@ def finalize_run(seg_dir: Path, run: int, live: bool) -> tuple[list[str], list[s
         return [], [], False
     parts = {n for n in present if n.endswith(PART)}
     if not parts:
+        _note_rejected(seg_dir, run, [])
         return [], [], False
     entries = read_list(seg_dir / list_name(run))
     finalized, rejected, retry = [], [], False
@@ -401,14 +407,30 @@ def finalize_run(seg_dir: Path, run: int, live: bool) -> tuple[list[str], list[s
             log.info("segment %s/%s was never finished; removed", run_dir.name, part)
             os.unlink(run_dir / part)
             rejected.append(f"{part}: never finished")
-    if rejected:
-        try:
-            note_absent(seg_dir, run, rejected)
-        except OSError as exc:  # a full disk: fsck will report the hole as missing instead
-            log.warning("could not note the rejected segments of %s: %s", run_dir.name, exc)
+    _note_rejected(seg_dir, run, rejected)
     if finalized or rejected:
         fsync_dir(run_dir)
     return finalized, rejected, retry
+
+
+def _note_rejected(seg_dir: Path, run: int, rejected: list[str]) -> None:
+    """Note rejected segments in the run's ``.absent`` file, with any an earlier pass could not note.
+
+    A full disk can refuse the note itself: the lines wait in memory and the next pass for the run
+    (the list grows, the run ends) writes them.  Only a crash before that loses them; fsck then
+    reports the hole as missing, which is the truth it can see.
+    """
+    key = (str(seg_dir), run)
+    with _UNNOTED_LOCK:
+        lines = _UNNOTED.pop(key, []) + list(rejected)
+    if not lines:
+        return
+    try:
+        note_absent(seg_dir, run, lines)
+    except OSError as exc:
+        log.warning("could not note the rejected segments of run %d yet: %s", run, exc)
+        with _UNNOTED_LOCK:
+            _UNNOTED[key] = lines + _UNNOTED.get(key, [])
 
 
 def absent_name(run: int) -> str:
