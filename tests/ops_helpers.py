@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 
 def mount_tmpfs(path: Path, size: str = "32m") -> Path:
     path.mkdir(parents=True, exist_ok=True)
@@ -51,3 +53,13 @@ def write_image(data: Path, camera: int, when: float, size: int = 4096) -> Path:
 def backdate(path: Path, seconds: float) -> None:
     t = time.time() - seconds
     os.utime(path, (t, t), follow_symlinks=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 32 MiB tmpfs for the space-pressure tests, unmounted afterwards."""
+    mnt = mount_tmpfs(tmp_path / "fs", "32m")
+    try:
+        yield mnt
+    finally:
+        umount(mnt)

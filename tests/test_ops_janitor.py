@@ -21,18 +21,9 @@ from storaged.families import providers
 from storaged.ops.janitor import Janitor, parse_min_free
 from storaged.store.layout import Layout
 from tests.helpers import wait_until
-from tests.ops_helpers import backdate, free_bytes, mount_tmpfs, umount, write_image, write_segment
+from tests.ops_helpers import backdate, free_bytes, small_fs, write_image, write_segment  # noqa: F401 (small_fs is a fixture)
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    mnt = mount_tmpfs(tmp_path / "fs", "32m")
-    try:
-        yield mnt
-    finally:
-        umount(mnt)
 
 
 def small_config(data: Path, **changes) -> Config:

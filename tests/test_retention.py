@@ -28,7 +28,7 @@ from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.store.tree import files
 from tests.helpers import wait_until
-from tests.ops_helpers import backdate, free_bytes, mount_tmpfs, umount, write_image, write_segment
+from tests.ops_helpers import backdate, free_bytes, small_fs, write_image, write_segment  # noqa: F401 (small_fs is a fixture)
 
 MiB = 1024 * 1024
 DAY = 86400
@@ -227,15 +227,6 @@ async def test_an_expired_session_split_job_is_deleted_and_its_clips_stay(aiohtt
 
 
 # -- space pressure -----------------------------------------------------------------------
-
-@pytest.fixture
-def small_fs(tmp_path: Path):
-    mnt = mount_tmpfs(tmp_path / "fs", "32m")
-    try:
-        yield mnt
-    finally:
-        umount(mnt)
-
 
 async def test_space_pressure_by_default_takes_only_old_ring_data_and_writes_then_get_507(
         aiohttp_client, small_fs, caplog):
