@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from storaged.ops.api import JANITOR
 from storaged.app import create_app

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import pytest
 
 from storaged.app import create_app
 from storaged.config import Config
