@@ -12,8 +12,9 @@ import pytest
 
 from storaged.app import create_app
 from storaged.camera import images
-from storaged.camera.motion import JpegSplitter, ffmpeg_argv, parse_cameras, redact
+from storaged.camera.motion import JpegSplitter, ffmpeg_argv, parse_cameras
 from storaged.config import ConfigError
+from storaged.supervise.ffmpeg import redact
 from tests.helpers import ffmpeg, json_of, wait_until
 
 # A grey still scene; a red box moves from x=10 to x=130 between t=3 s and t=5 s, then stays.
