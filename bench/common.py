@@ -108,16 +108,25 @@ def _fs_type(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def disk_tempdir(prefix: str) -> Iterator[Path]:
-    """A temp dir on a disk-backed filesystem (not tmpfs), removed on exit."""
+def disk_tempdir(prefix: str, keep_on_error: bool = False) -> Iterator[Path]:
+    """A temp dir on a disk-backed filesystem (not tmpfs), removed on exit.
+
+    ``keep_on_error``: an exception leaving the block keeps the directory (its path goes to
+    stderr), so the logs of a run that found something can still be read."""
     candidates = [Path(tempfile.gettempdir()), Path("/var/tmp"), ROOT / "bench"]
     base = next((c for c in candidates if c.is_dir() and os.access(c, os.W_OK)
                  and _fs_type(c) not in ("tmpfs", "ramfs")), ROOT / "bench")
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     try:
         yield path
+    except BaseException:
+        if keep_on_error:
+            print(f"kept for diagnosis: {path}", file=sys.stderr)
+            path = None
+        raise
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def write_random_file(path: Path, size: int, block: int = 8 * MiB) -> None:

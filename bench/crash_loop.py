@@ -14,6 +14,11 @@ ends).  Correctness, not speed: it has no yardstick; the figure to
 read is "0 lost".  Not part of CI (500 kills take most of an hour on a shared
 2-core machine).  ``--write`` puts the section into BENCHMARKS.md
 (``## crash loop``); without it the section is only printed.
+
+The run's directory (the daemon's log, its data root, report.json with the
+figures so far, rewritten after every kill) is on disk under the temp dir
+(``storaged-crash-loop-*``): removed when the run passes, kept and named on
+stderr when it fails, so a finding can be diagnosed.
 """
 
 from __future__ import annotations
@@ -23,16 +28,19 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine_note, publish  # noqa: E402
+from common import ROOT, disk_tempdir, machine_note, publish  # noqa: E402
 
 HEADING = "crash loop"
 TEST = "tests/reliability/test_crash_loop.py"
+
+
+class LoopFailed(Exception):
+    pass
 
 
 def deadline_of(hhmm: str) -> float:
@@ -53,30 +61,46 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="put the figures into BENCHMARKS.md")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="storaged-crash-loop-") as tmp:
-        report = Path(tmp) / "report.json"
+    started = time.monotonic()
+    try:
+        figures, wall = run(args)
+    except LoopFailed as exc:
+        print(f"\nthe crash loop FAILED after {time.monotonic() - started:.0f} s ({exc}); see its output above",
+              file=sys.stderr)
+        return 1
+    publish(HEADING, section(args, figures, wall), no_write=not args.write)
+    return 0
+
+
+def run(args: argparse.Namespace) -> tuple[dict, float]:
+    """Run the test; its final figures and the wall time.  Raises LoopFailed (keeping the run's directory)."""
+    with disk_tempdir("storaged-crash-loop-", keep_on_error=True) as tmp:
+        report = tmp / "report.json"
+        print(f"the run's directory: {tmp} (progress: {report})", file=sys.stderr)
         env = {**os.environ, "STORAGED_CRASH_LOOPS": str(args.kills), "STORAGED_CRASH_SEED": str(args.seed),
                "STORAGED_CRASH_REPORT": str(report)}
-        argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--timeout", "0",
-                "--basetemp", str(Path(tmp) / "t"), TEST]
+        # The test's own hang guard grows with the kills asked for (pytest-timeout's marker beats --timeout).
+        argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                "--basetemp", str(tmp / "t"), TEST]
         if args.until:
             env["STORAGED_CRASH_DEADLINE"] = str(deadline_of(args.until))
         started = time.monotonic()
         proc = subprocess.run(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
         wall = time.monotonic() - started
         figures = json.loads(report.read_text()) if report.exists() else None
+        if proc.returncode != 0 or not (figures and figures.get("final")):
+            raise LoopFailed(f"pytest exit {proc.returncode}")
+    return figures, wall
 
+
+def section(args: argparse.Namespace, figures: dict, wall: float) -> str:
     command = f".venv/bin/python bench/crash_loop.py --kills {args.kills} --seed {args.seed}"
-    if proc.returncode != 0 or figures is None:
-        print(f"\nthe crash loop FAILED after {wall:.0f} s (pytest exit {proc.returncode}); see its output above",
-              file=sys.stderr)
-        return 1
     cut_short = ""
     if figures["kills"] < args.kills:
         cut_short = f" (of {args.kills} asked: the run was bounded by `--until {args.until}`)"
     if args.until:
         command += f" --until {args.until}"
-    text = f"""```sh
+    return f"""```sh
 {command}
 ```
 
@@ -94,11 +118,10 @@ requests on a stream recording a live UDP source (2 s segments) the whole time.
 | object checks / record checks, summed over kills | {figures['object_checks']} / {figures['record_checks']} |
 | `storaged fsck` runs (after every restart and at the end) / failures | {figures['fsck_runs']} / {figures['fsck_failures']} |
 | acknowledged writes lost or torn | **0** |
+| slowest restart (SIGKILL's successor answering `/healthz`) | {figures['slowest_start_s']:.1f} s |
 | wall time | {wall / 60:.1f} min ({wall / figures['kills']:.1f} s a kill) |
 
 Machine: {machine_note()}; run at niceness {os.nice(0)}."""
-    publish(HEADING, text, no_write=not args.write)
-    return 0
 
 
 if __name__ == "__main__":

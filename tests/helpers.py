@@ -144,14 +144,27 @@ class Daemon:
             stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
             wait_until_sync(self._healthy, timeout=timeout, what="daemon /healthz")
-        except BaseException:
+        except AssertionError as exc:
+            hung = self.proc.poll() is None
             self.kill()  # never leave a daemon behind a failed start
+            if not hung:
+                raise  # it exited: _healthy's message carries its log
+            # A daemon that never answered: what it logged is the only clue to where it stood.
+            raise AssertionError(f"{exc}; its log ({self.log_path}) ends:\n{self._log_tail()}") from None
+        except BaseException:
+            self.kill()
             raise
         return self
 
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError as exc:
+            return f"(unreadable: {exc})"
+
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self._log_tail()}")
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
