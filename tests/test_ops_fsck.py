@@ -194,3 +194,30 @@ def test_fsck_sees_strays_junk_in_the_queue_dangling_references_and_orphan_event
     again = fsck(data)
     left = [line for line in again.stdout.splitlines() if not line.startswith("fsck:")]
     assert left and all(line.startswith("dangling reference") for line in left), again.stdout
+
+
+def test_a_worker_that_finishes_while_fsck_looks_is_not_a_stale_job(tmp_path: Path, monkeypatch):
+    """fsck reads the queued job's pid file (a live worker), then the worker writes its results, removes
+    its pid file and exits before fsck asks whether it lives: a clean finish, not a stale job."""
+    import io
+
+    from storaged.config import Config
+    from storaged.families import providers
+    from storaged.ops.fsck import Fsck
+    from storaged.supervise.process import write_pidfile
+    data = tmp_path / "data"
+    tree = build_tree(data)
+    queued = tree["layout"].object_dir(tree["ids"][2]) / "analysis" / ("b" * 40)
+    write_pidfile(queued / "inrun.pid", ProcessIdentity.of(os.getpid()))
+
+    def worker_finishes_and_exits(self) -> bool:
+        (queued / "results.json").write_text(json.dumps({"status": "done"}))
+        (queued / "inrun.pid").unlink(missing_ok=True)
+        return False
+
+    monkeypatch.setattr(ProcessIdentity, "alive", worker_finishes_and_exits)
+    out = io.StringIO()
+    config = Config(data_dir=data)
+    code = Fsck(tree["layout"], config, providers(tree["layout"], config), out=out).run()
+    assert "stale job" not in out.getvalue()
+    assert code == 0, out.getvalue()

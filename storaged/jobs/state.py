@@ -17,7 +17,9 @@ The state is derived like this, and nothing else is consulted:
 * ``inrun.pid`` naming no live process       → failed ("interrupted": the worker died without results),
                                                unless results appeared meanwhile (read again after
                                                the worker is seen dead: it writes them before it exits)
-* otherwise                                  → queued
+* otherwise                                  → queued (unless results appeared meanwhile)
+
+The pid file is looked at once: a job whose worker writes it between two looks is starting, not dead.
 """
 
 from __future__ import annotations
@@ -81,20 +83,30 @@ def read_state(job_dir: Path) -> JobState | None:
             stderr=list(results.get("stderr", [])) if status != "done" else [],
             config=config,
         )
-    identity = read_pidfile(job_dir / PIDFILE)
-    if identity is not None:
-        if identity.alive():
-            progress = read_json_or(job_dir / PROGRESS, {}) or {}
-            return JobState(status="running", progress=progress.get("progress"), config=config, worker=identity)
-        # The worker may have written its results and exited between our two looks; it writes
-        # results before it exits, so results read after seeing it dead are its last word.
+    # One look at the pid file: a second one (say, "is it there?" after "what does it say?") could
+    # see the file a worker wrote in between and call a job that is just starting dead.
+    try:
+        identity = ProcessIdentity.from_json(read_json(job_dir / PIDFILE))
+    except FileNotFoundError:
+        # Not started, or its worker wrote its results and removed the pid file since our first
+        # look: results read now are its last word.
         if (job_dir / RESULTS).exists():
             return read_state(job_dir)
-        return JobState(status="failed", error=INTERRUPTED, config=config, worker=identity)
-    if (job_dir / PIDFILE).exists():
-        # A pid file we cannot parse was torn by nothing we wrote: treat it like a dead worker.
+        return JobState(status="queued", progress=None, config=config)
+    except ValueError:
+        identity = None
+    if identity is None:
+        # A pid file we cannot parse was torn by nothing we wrote (writes are atomic): treat it like a
+        # dead worker.
         return JobState(status="failed", error=INTERRUPTED, config=config)
-    return JobState(status="queued", progress=None, config=config)
+    if identity.alive():
+        progress = read_json_or(job_dir / PROGRESS, {}) or {}
+        return JobState(status="running", progress=progress.get("progress"), config=config, worker=identity)
+    # The worker may have written its results and exited between our two looks; it writes
+    # results before it exits, so results read after seeing it dead are its last word.
+    if (job_dir / RESULTS).exists():
+        return read_state(job_dir)
+    return JobState(status="failed", error=INTERRUPTED, config=config, worker=identity)
 
 
 def finished(job_dir: Path) -> bool:

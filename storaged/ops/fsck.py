@@ -385,6 +385,9 @@ class Fsck:
         if identity is not None and identity.alive():
             return
         has_results = (job_dir / RESULTS).exists()
+        if not pidfile.exists():
+            # Its worker finished between our looks (results, then no pid file, then exit): not stale.
+            return
         detail = "pid file of a dead worker" + ("" if has_results else ", and no results")
         problem = Problem("stale job", self.rel(job_dir), detail)
         if self.repair:
