@@ -185,8 +185,10 @@ async def test_record_creates_and_object_puts_are_fsynced(data_dir, monkeypatch)
 def test_object_ids_walk_past_every_stray_entry(data_dir):
     layout = Layout(data_dir)
     layout.ensure()
-    ids = ["00" + "1" * 62, "7f" + "2" * 62, "7f" + "3" * 62, "ff" + "4" * 62]
-    for oid in ids:
+    ids = ["00" + "1" * 62, "7f" + "2" * 62, "7f" + "3" * 62, "7f" + "9" * 62, "7f" + "a" * 62,
+           "ff" + "4" * 62]
+    # Created out of order (the directory listing's order is the filesystem's, not the ids').
+    for oid in ids[::2] + ids[1::2][::-1]:
         layout.object_dir(oid).mkdir(parents=True)
     # Strays that sort before, between and after the objects.
     (data_dir / "0a").write_text("a file where a fan-out directory would be")
@@ -196,6 +198,8 @@ def test_object_ids_walk_past_every_stray_entry(data_dir):
     (data_dir / "ab").mkdir()
     (data_dir / "lost+found").mkdir()
     (data_dir / "sessions").mkdir()
+    # A one-letter directory holding 63 hex digits would spell an id if it were taken for a fan-out.
+    (data_dir / "c" / ("d" * 63)).mkdir(parents=True)
     assert list(layout.object_ids()) == ids
 
 
