@@ -117,11 +117,11 @@ async def test_path_lock_waiter_count_does_not_leak(tmp_path):
 
 
 class SyscallTrace:
-    """Records fsync (by path) and rename calls in order."""
+    """Records fsync (by path), rename and link calls in order."""
 
     def __init__(self, monkeypatch) -> None:
         self.events: list[tuple[str, str]] = []
-        real_fsync, real_rename = os.fsync, os.rename
+        real_fsync, real_rename, real_link = os.fsync, os.rename, os.link
 
         def fsync(fd):
             self.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
@@ -130,8 +130,13 @@ class SyscallTrace:
         def rename(src, dst, **kw):
             self.events.append(("rename", os.fspath(dst)))
             return real_rename(src, dst, **kw)
+
+        def link(src, dst, **kw):
+            self.events.append(("link", os.fspath(dst)))
+            return real_link(src, dst, **kw)
         monkeypatch.setattr(os, "fsync", fsync)
         monkeypatch.setattr(os, "rename", rename)
+        monkeypatch.setattr(os, "link", link)
 
     def index(self, event: tuple[str, str]) -> int:
         assert event in self.events, f"{event} not in {self.events}"
@@ -156,6 +161,42 @@ def test_a_hint_written_with_durable_false_skips_fsync(tmp_path, monkeypatch):
     trace = SyscallTrace(monkeypatch)
     write_bytes(tmp_path / "hint", b"1", durable=False)
     assert [op for op, _ in trace.events] == ["rename"]
+
+
+def test_an_exclusive_write_never_replaces_and_makes_what_it_creates_durable(tmp_path, monkeypatch):
+    """A name that must never be overwritten (a motion image named by its capture time)."""
+    trace = SyscallTrace(monkeypatch)
+    final = tmp_path / "2024-01-01T00-00-00.000Z.jpg"
+    assert write_bytes(final, b"first", exclusive=True) is True
+    linked = trace.index(("link", str(final)))
+    assert any(op == "fsync" and Path(p).name.startswith(f".{final.name}.") for op, p in trace.events[:linked]), \
+        "the bytes were not fsynced before they got their name"
+    assert trace.index(("fsync", str(tmp_path))) > linked, "the new name was not made durable"
+    assert write_bytes(final, b"second", exclusive=True) is False, "an existing name was reported created"
+    assert final.read_bytes() == b"first"
+    assert os.listdir(tmp_path) == [final.name], "a temp file was left behind"
+
+
+def test_trash_removes_the_thing_whole_and_never_what_a_link_points_at(data_dir, monkeypatch):
+    layout = Layout(data_dir)
+    layout.ensure()
+    outside = data_dir.parent / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "precious").write_text("not ours")
+    things = data_dir / "things"
+    (things / "a-dir" / "nested").mkdir(parents=True)
+    (things / "a-dir" / "nested" / "f").write_text("x")
+    (things / "a-file").write_text("y")
+    (things / "a-link").symlink_to(outside / "keep")
+    trace = SyscallTrace(monkeypatch)
+    for name in ("a-dir", "a-file", "a-link"):
+        atomic.trash(things / name, layout.tmp)
+        moved = [i for i, (op, p) in enumerate(trace.events) if op == "rename" and Path(p).parent == layout.tmp]
+        assert moved and trace.index(("fsync", str(things))) > moved[-1], "the disappearance is not durable"
+        trace.events.clear()
+        assert not os.path.lexists(things / name)
+        assert os.listdir(layout.tmp) == [], f"{name}: left in tmp"
+    assert (outside / "keep" / "precious").read_text() == "not ours"
 
 
 async def test_record_creates_and_object_puts_are_fsynced(data_dir, monkeypatch):
