@@ -30,6 +30,10 @@ A provider answers, all blocking (call from a thread or the command line):
     Its own consistency checks, reporting problems through ``check``
     (:class:`storaged.ops.fsck.Fsck`'s ``report``/``repair`` surface, see
     :class:`FsckContext`).
+``ready()``
+    Awaited by the daemon's janitor before its first pass: a provider
+    that answers from a running service's memory (the videostreams
+    catalogue) waits here for it to load instead of reading every file.
 ``live()`` and ``usage(scan)``
     Its own /metrics samples (:class:`Sample`): ``live`` is read from
     running services at scrape time; ``usage`` is computed in the cached
@@ -168,6 +172,11 @@ class Provider:
 
     def references(self, scan: Scan) -> Iterable[tuple[str, str]]:
         return ()
+
+    async def ready(self) -> None:
+        """Wait (on the event loop) until what a running service holds can answer the calls above; the
+        janitor's first pass waits for every provider's.  Most answer from the tree at once."""
+        return None
 
     def job_roots(self) -> Iterable[Path]:
         return ()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from storaged.videostreams.api import VIDEOSTREAMS
+from storaged.videostreams.provider import VideostreamsProvider
 from storaged.app import create_app
 from storaged.errors import Conflict
+from storaged.ops.api import JANITOR
+from storaged.provider import Scan
+from storaged.store.layout import Layout
 
 API = "/api/v1/videostreams"
 DAY = "2023-06-07"
@@ -375,6 +380,35 @@ async def test_restart_reads_hand_edited_records_and_skips_unreadable_ones(aioht
                                     "endTime": "2023-06-07T09:00:00Z", "stream_url": "http://by-hand",
                                     "capturesource": None}]
     assert (await client.get(f"{API}/1099511627777")).status == 404
+
+
+async def test_the_daemons_references_come_from_memory_and_equal_the_files(aiohttp_client, config, data_dir):
+    def obj(n: int) -> str:
+        return f"{n:064x}"
+
+    first = await aiohttp_client(create_app(config))
+    linked = [await create(first, stream_url=f"/download/{obj(1)}", startTime=at("10:00")),
+              await create(first, stream_url=f"http://box.local/download/{obj(2)}/a.mp4", startTime=at("11:00")),
+              await create(first, stream_url=f"/download/{obj(3)}", startTime=at("12:00")),
+              await create(first, stream_url=f"/download/{obj(4)}", startTime=at("13:00"))]
+    await create(first, stream_url="http://vid.example/download/not-an-object", startTime=at("14:00"))
+    await first.close()
+    client = await aiohttp_client(create_app(config))  # those records now the frozen rows of the memory
+    assert (await client.patch(f"{API}/{linked[2]['id']}", json={"stream_url": "http://elsewhere"})).status == 200
+    assert (await client.delete(f"{API}/{linked[3]['id']}")).status == 200
+    later = await create(client, stream_url=f"/download/{obj(5)}", startTime=at("15:00"))
+    provider = next(p for p in client.app[JANITOR].janitor.providers if p.name == "videostreams")
+    await provider.ready()
+    scan = Scan(Layout(data_dir), config)
+    from_files = sorted(VideostreamsProvider(Layout(data_dir), config).references(scan))
+
+    def read_every_file():
+        raise AssertionError("the daemon's references read every record file")
+    provider.records.all_blocking = read_every_file
+    from_memory = sorted(await asyncio.to_thread(lambda: list(provider.references(scan))))
+    assert from_memory == from_files == sorted(
+        [(obj(1), f"videostreams/{linked[0]['id']}"), (obj(2), f"videostreams/{linked[1]['id']}"),
+         (obj(5), f"videostreams/{later['id']}")])
 
 
 def test_own_format_fast_path_agrees_with_the_full_check():

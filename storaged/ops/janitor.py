@@ -297,6 +297,9 @@ class JanitorTask:
 
     async def _loop(self) -> None:
         trigger = "start"
+        # A provider answering from memory would otherwise read its whole tree on this pass (a million
+        # record files at start-up, competing with the first requests); a failed load leaves it the tree.
+        await asyncio.gather(*(p.ready() for p in self.janitor.providers), return_exceptions=True)
         while True:
             self._wake.clear()
             began = time.monotonic()

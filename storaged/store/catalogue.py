@@ -440,6 +440,27 @@ class Catalogue:
                 break
         return out
 
+    def containing(self, needle: bytes) -> list[bytes]:
+        """The bytes of every record whose JSON contains ``needle``, found by searching the held bytes
+        (no record decoded), for a worker thread while the event loop writes.
+
+        The hidden set is copied before the written rows: a write racing the copies can then only
+        make a record show twice (its frozen and its new bytes), never neither.
+        """
+        base = self._base
+        hidden = set(self._hidden)
+        rows = list(self._rows.values())
+        blob, offsets, ids = base.blob, base.offsets, base.ids
+        out = []
+        at = blob.find(needle)
+        while at >= 0:
+            p = bisect_right(offsets, at) - 1
+            if ids[p] not in hidden:
+                out.append(base.raw_at(p))
+            at = blob.find(needle, offsets[p + 1])
+        out.extend(raw for raw in rows if needle in raw)
+        return out
+
     def render(self, ids: Iterable[int]) -> bytes:
         """The JSON array of the records ``ids`` (the bytes already held, not re-encoded)."""
         return json_array(self.raw(i) for i in ids)

@@ -30,7 +30,9 @@ PROVIDER = VideostreamsProvider
 def setup(app: web.Application, deps: Deps) -> None:
     """Add this family's routes and services to the app; offer its catalogue to the families set up later."""
     app[VIDEOSTREAMS] = deps.videostreams = VideostreamCatalogue(deps.layout)
-    deps.providers.append(PROVIDER(deps.layout, deps.config))
+    provider = PROVIDER(deps.layout, deps.config)
+    provider.catalogue = deps.videostreams
+    deps.providers.append(provider)
     app.cleanup_ctx.append(_catalogue_ctx)
     app.add_routes(routes)
 
@@ -40,12 +42,7 @@ async def _catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
     # once; every catalogue call awaits the same load, so a videostreams
     # request that comes early waits for it instead of seeing an empty catalogue.
     catalogue = app[VIDEOSTREAMS]
-
-    async def load_then_check() -> None:
-        await catalogue.load()
-        await catalogue.check_snapshot()
-
-    task = asyncio.create_task(load_then_check(), name="videostreams-load")
+    task = asyncio.create_task(catalogue.load_then_check(), name="videostreams-load")
     task.add_done_callback(_log_failure)
     yield
     if not task.done():

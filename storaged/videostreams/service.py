@@ -94,6 +94,7 @@ class VideostreamCatalogue:
         self._loaded = False
         self._load_lock = asyncio.Lock()
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+        self.settled = asyncio.Event()
 
     # -- loading -------------------------------------------------------------
     async def load(self) -> None:
@@ -109,6 +110,15 @@ class VideostreamCatalogue:
             skipped = len(self.memory.damaged)
             log.info("videostreams: loaded %d records in %.2fs%s", len(self.memory), time.monotonic() - t0,
                      f" ({skipped} unreadable skipped)" if skipped else "")
+
+    async def load_then_check(self) -> None:
+        """The start-up: load, then check a trusted snapshot against the tree; ``settled`` is set once
+        both are over, whatever their outcome (the janitor's references wait for it)."""
+        try:
+            await self.load()
+            await self.check_snapshot()
+        finally:
+            self.settled.set()
 
     def _parse_file(self, record_id: int, data: bytes) -> dict[str, Any]:
         """A record file as the memory keeps it (ValueError: not a videostream record)."""
