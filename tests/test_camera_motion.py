@@ -19,8 +19,26 @@ from tests.helpers import ffmpeg, json_of, wait_until
 
 # A grey still scene; a red box moves from x=10 to x=130 between t=3 s and t=5 s, then stays.
 STILL_BEFORE, STILL_AFTER, MOVE_FROM, MOVE_TO = 8, 8, 3.0, 5.0
-SCENE = (f"color=c=gray:s=160x120:r=25:d={STILL_BEFORE}[bg];color=c=red:s=16x16:r=25:d={STILL_BEFORE}[box];"
-         f"[bg][box]overlay=x='if(lt(t,{MOVE_FROM}),10,if(lt(t,{MOVE_TO}),10+(t-{MOVE_FROM})*60,130))':y=50")
+BOX_FROM, BOX_TO, WIDTH, HEIGHT = 10, 130, 160, 120
+SCENE = (f"color=c=gray:s={WIDTH}x{HEIGHT}:r=25:d={STILL_BEFORE}[bg];color=c=red:s=16x16:r=25:d={STILL_BEFORE}[box];"
+         f"[bg][box]overlay=x='if(lt(t,{MOVE_FROM}),{BOX_FROM},if(lt(t,{MOVE_TO}),"
+         f"{BOX_FROM}+(t-{MOVE_FROM})*60,{BOX_TO}))':y=50")
+
+
+def red_box_x(jpegs: list[Path]) -> list[int]:
+    """Where the red box's left edge is in each image (decoded by ffmpeg; -1 when there is no box)."""
+    raw = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "image2pipe", "-c:v", "mjpeg",
+                          "-i", "pipe:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"],
+                         input=b"".join(p.read_bytes() for p in jpegs), capture_output=True, check=True,
+                         timeout=120).stdout
+    frame = WIDTH * HEIGHT * 3
+    assert len(raw) == frame * len(jpegs)
+    out = []
+    for n in range(len(jpegs)):
+        row = raw[n * frame + 58 * WIDTH * 3:n * frame + 59 * WIDTH * 3]  # a row through the box (y 50..65)
+        red = [x for x in range(WIDTH) if row[3 * x] > 150 and row[3 * x + 1] < 100 and row[3 * x + 2] < 100]
+        out.append(red[0] if red else -1)
+    return out
 
 
 def free_udp_port() -> int:
@@ -59,7 +77,6 @@ async def test_images_are_saved_during_motion_and_not_while_still(make_client, d
     port = free_udp_port()
     client = await make_client(cameras=f"1=udp://127.0.0.1:{port}|fps=5|threshold=0.05")
     await wait_until(lambda: _async(udp_bound(port)), timeout=60, what="the camera ffmpeg listening")
-    t0 = datetime.now(timezone.utc).replace(tzinfo=None)
     source = publish(port)
     try:
         assert await asyncio.to_thread(source.wait, 60) == 0
@@ -73,17 +90,22 @@ async def test_images_are_saved_during_motion_and_not_while_still(make_client, d
         return st["imagesSaved"] >= 4 and st["lastImage"] is not None and \
             (datetime.now(timezone.utc).replace(tzinfo=None) - saved(data_dir, 1)[-1]).total_seconds() > 2
     await wait_until(settled, timeout=60, what="motion images")
-    times = [(t - t0).total_seconds() for t in saved(data_dir, 1)]
-    during = [t for t in times if MOVE_FROM - 0.5 <= t <= MOVE_TO + 2.5]
-    outside = [t for t in times if not MOVE_FROM - 0.5 <= t <= MOVE_TO + 2.5]
-    # 2 s of motion at 5 fps: about 10 images; the first picture of a run is the baseline
-    assert 4 <= len(during) <= 12, times
-    assert len(outside) <= 2, times
+    # Told apart by what they show, not by when they came: on a loaded machine the source and the
+    # capture run late by seconds.  2 s of motion at 5 fps: about 10 images of the box on its way; at
+    # rest at most the run's baseline (box at the start) and the first still picture after (at the end).
+    jpegs = sorted((data_dir / "camera" / "1").glob("*/*.jpg"), key=lambda p: p.name)
+    xs = red_box_x(jpegs)
+    names = [p.name for p in jpegs]
+    moving = [x for x in xs if BOX_FROM + 4 <= x <= BOX_TO - 4]
+    assert 4 <= len(moving) <= 12, list(zip(names, xs))
+    assert len(xs) - len(moving) <= 2, list(zip(names, xs))
+    assert all(a <= b for a, b in zip(xs, xs[1:])), xs  # in the order the box moved
     st = await status_of(client, 1)
-    assert st["running"] is True and st["imagesSaved"] == len(times) and st["restarts"] == 0
+    assert st["running"] is True and st["imagesSaved"] == len(xs) and st["restarts"] == 0
     assert st["source"] == f"udp://127.0.0.1:{port}" and st["lastError"] is None
+    # Every image after the baseline is a change: the last one saved is the last motion seen.
     last_motion = datetime.fromisoformat(st["lastMotion"]).replace(tzinfo=None)
-    assert MOVE_FROM - 0.5 <= (last_motion - t0).total_seconds() <= MOVE_TO + 2.5
+    assert last_motion == saved(data_dir, 1)[-1]
     # names follow the scheme, day folders by capture date, and nothing torn or temporary is left
     for p in (data_dir / "camera" / "1").glob("*/*"):
         assert images.IMAGE_RE.match(p.name) and p.parent.name == p.name[:8], p

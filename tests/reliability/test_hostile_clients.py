@@ -151,14 +151,12 @@ async def test_beyond_the_cap_a_new_client_gets_503_while_a_download_completes(d
 
     idle = [await asyncio.open_connection("127.0.0.1", d.port) for _ in range(cap - 1)]
     await wait_until(lambda: _metric_at_least_raw(d.port, cap), what="the cap reached")
-    began = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", d.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     answer = await closed_by_server(reader, timeout=30)
     writer.close()
     assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
     assert b"Retry-After: 1" in answer and b'"error_message"' in answer
-    assert time.monotonic() - began < 30
 
     rest = await closed_by_server(dl_reader, timeout=60)
     dl_writer.close()
