@@ -24,6 +24,7 @@ from storaged.ops import commands as ops_commands
 from storaged.tier import restore as tier_restore
 from storaged.store import owner as store_owner
 from storaged.supervise import ffmpeg
+from storaged.supervise.backoff import woken
 
 log = logging.getLogger("storaged")
 
@@ -112,9 +113,8 @@ async def serve(config: config_mod.Config, sock: socket.socket) -> None:
         inflight = app[INFLIGHT]
         log.info("shutting down: %d request(s) in flight get %.0fs", inflight.count, config.shutdown_timeout)
         await site.stop()  # no new connections; requests in flight go on
-        try:
-            await asyncio.wait_for(inflight.idle.wait(), config.shutdown_timeout)
-        except asyncio.TimeoutError:
+        await woken(inflight.idle, config.shutdown_timeout)
+        if not inflight.idle.is_set():
             log.warning("%d request(s) still in flight after %.0fs; closing them", inflight.count,
                         config.shutdown_timeout)
     finally:

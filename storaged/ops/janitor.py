@@ -58,6 +58,7 @@ from storaged.jobs.queue import active_inputs
 from storaged.provider import RING, SPARE, Item, Kind, Provider, References, Scan, collect_references
 from storaged.store.layout import Layout
 from storaged.store.tree import tree_size
+from storaged.supervise.backoff import woken
 
 log = logging.getLogger("storaged.janitor")
 
@@ -305,11 +306,11 @@ class JanitorTask:
             began = time.monotonic()
             await self.run_once(trigger)
             timeout = self.interval if self.interval > 0 else None
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await woken(self._wake, timeout)
+            if self._wake.is_set():
                 trigger = "poke"
                 await asyncio.sleep(max(0.0, self.MIN_GAP - (time.monotonic() - began)))
-            except asyncio.TimeoutError:
+            else:
                 trigger = "periodic"
 
 

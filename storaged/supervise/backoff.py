@@ -10,7 +10,8 @@ that did useful work (recorded a segment, saved an image) or lasted longer
 than ``longest`` counts as a success, so the next wait is ``first`` again.
 
 *Waiting between passes* of a loop that can be woken early (the job runner,
-the storage tier's outbox): :func:`woken`.
+the storage tier's outbox, the janitor), or for an event with a deadline (the
+drain of requests at shutdown): :func:`woken`.
 """
 
 from __future__ import annotations
