@@ -19,7 +19,7 @@ import pytest
 
 from storaged import config as cfg
 from storaged.store import atomic
-from storaged.store.atomic import PathLock, async_lock, dumps, write_bytes, write_json
+from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.store.records import RecordStore
@@ -111,6 +111,62 @@ async def test_path_lock_waiter_count_does_not_leak(tmp_path):
     finally:
         other.release()
     assert key_of() not in PathLock._local
+
+
+async def test_shared_holders_overlap_an_exclusive_one_is_alone_and_writers_go_first(tmp_path):
+    """A session's membership lock: adders share it, a split or a delete holds it alone, and a writer
+    that waits is not starved by readers that keep coming."""
+    se = SharedExclusive(lambda name: tmp_path / "locks" / f"{name}.lock")
+    inside: set[str] = set()
+    go: dict[str, asyncio.Event] = {}
+
+    def holder(who: str, exclusive: bool) -> asyncio.Task:
+        go[who] = asyncio.Event()
+
+        async def hold() -> None:
+            async with (se.exclusive if exclusive else se.shared)("s"):
+                inside.add(who)
+                await go[who].wait()
+                inside.discard(who)
+        return asyncio.create_task(hold())
+
+    async def settle() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+
+    async def until(expected: set[str], why: str) -> None:
+        # The exclusive holder also takes its file lock in a thread: poll, with a deadline.
+        for _ in range(500):
+            if inside == expected:
+                return
+            await asyncio.sleep(0.01)
+        assert inside == expected, why
+
+    async def stays(expected: set[str], why: str) -> None:
+        # Long enough for a wrongly admitted writer to get through its file lock's thread too.
+        for _ in range(30):
+            await asyncio.sleep(0.01)
+            assert inside == expected, why
+
+    tasks = [holder("r1", False), holder("r2", False)]
+    await settle()
+    assert inside == {"r1", "r2"}, "shared holders must hold at once"
+    tasks += [holder("w1", True), holder("w2", True)]
+    await stays({"r1", "r2"}, "an exclusive holder must wait for the shared ones")
+    tasks[2].cancel()  # w1 gives up; w2 still waits, so new readers still queue behind it
+    tasks += [holder("r3", False)]
+    await settle()
+    assert inside == {"r1", "r2"}, "a reader overtook a waiting writer"
+    go["r1"].set()
+    go["r2"].set()
+    await until({"w2"}, "the writer holds alone")
+    with pytest.raises(Exception):  # ... against other processes too: it holds the file lock
+        atomic.sync_lock(tmp_path / "locks" / "s.lock", timeout=0).acquire()
+    go["w2"].set()
+    await until({"r3"}, "the reader that queued behind the writer comes in after it")
+    go["r3"].set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert se._state == {}, "the per-name state outlived its last user"
 
 
 # -- durable writes ------------------------------------------------------------------------------
@@ -242,6 +298,17 @@ def test_object_ids_walk_past_every_stray_entry(data_dir):
     # A one-letter directory holding 63 hex digits would spell an id if it were taken for a fan-out.
     (data_dir / "c" / ("d" * 63)).mkdir(parents=True)
     assert list(layout.object_ids()) == ids
+
+
+def test_lost_and_found_never_reuses_a_name(data_dir):
+    layout = Layout(data_dir)
+    damaged = data_dir / "sessions" / "1.json"
+    names = []
+    for _ in range(3):
+        dest = layout.lost_found_for(damaged)
+        dest.write_text("set aside")
+        names.append(os.path.relpath(dest, layout.lost_found))
+    assert names == ["sessions/1.json", "sessions/1.json.1", "sessions/1.json.2"]
 
 
 # -- on-disk JSON format -------------------------------------------------------------------------
