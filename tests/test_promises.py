@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from storaged import config as cfg
+from storaged.errors import StoragedError
 from storaged.store import atomic
 from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
@@ -157,7 +159,9 @@ async def test_shared_holders_overlap_an_exclusive_one_is_alone_and_writers_go_f
     tasks += [holder("r3", False)]
     await settle()
     assert inside == {"r1", "r2"}, "a reader overtook a waiting writer"
+    assert tasks[2].cancelled(), "giving up must end in the cancellation, nothing else"
     go["r1"].set()
+    await stays({"r2"}, "the writer came in while a shared holder still held")
     go["r2"].set()
     await until({"w2"}, "the writer holds alone")
     with pytest.raises(Exception):  # ... against other processes too: it holds the file lock
@@ -167,6 +171,22 @@ async def test_shared_holders_overlap_an_exclusive_one_is_alone_and_writers_go_f
     go["r3"].set()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert se._state == {}, "the per-name state outlived its last user"
+    # A writer that gives up while another process (fsck --repair) holds the file lock leaves nothing.
+    other = atomic.sync_lock(tmp_path / "locks" / "s.lock")
+    other.acquire()
+    try:
+        writer = holder("w3", True)
+        await stays(set(), "the writer came in while another process held the file lock")
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        assert writer.cancelled()
+    finally:
+        other.release()
+    assert se._state == {}
+    reader = holder("r4", False)
+    await until({"r4"}, "a reader after a writer that gave up")
+    go["r4"].set()
+    await reader
 
 
 # -- durable writes ------------------------------------------------------------------------------
@@ -255,6 +275,17 @@ def test_trash_removes_the_thing_whole_and_never_what_a_link_points_at(data_dir,
     assert (outside / "keep" / "precious").read_text() == "not ours"
 
 
+@pytest.mark.parametrize("code, status", [(errno.ENOSPC, 507), (errno.EROFS, 503), (errno.EIO, 503)])
+def test_a_disk_fault_in_a_write_is_named_and_leaves_no_temp(tmp_path, monkeypatch, code, status):
+    def failing_fsync(fd):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(StoragedError) as caught:
+        write_bytes(tmp_path / "record.json", b"{}")
+    assert caught.value.status == status and errno.errorcode[code] in str(caught.value)
+    assert os.listdir(tmp_path) == []
+
+
 async def test_record_creates_and_object_puts_are_fsynced(data_dir, monkeypatch):
     layout = Layout(data_dir)
     layout.ensure()
@@ -298,6 +329,21 @@ def test_object_ids_walk_past_every_stray_entry(data_dir):
     # A one-letter directory holding 63 hex digits would spell an id if it were taken for a fan-out.
     (data_dir / "c" / ("d" * 63)).mkdir(parents=True)
     assert list(layout.object_ids()) == ids
+
+
+def test_the_on_disk_layout_is_pinned(data_dir):
+    """Existing data roots must stay readable: where objects, their analyses, locks and temps live."""
+    layout = Layout(data_dir)
+    oid = "ab" + "c" * 62
+    assert layout.object_dir(oid) == data_dir / "ab" / ("c" * 62)
+    assert layout.analyses_dir(oid) == data_dir / "ab" / ("c" * 62) / "analysis"
+    assert layout.object_lock(oid) == data_dir / "locks" / "objects" / f"{oid}.lock"
+    assert layout.lock_for("sessions", "7") == data_dir / "locks" / "sessions" / "7.lock"
+    assert (layout.tmp, layout.locks, layout.lost_found, layout.cache, layout.family_dir("events")) == \
+        (data_dir / "tmp", data_dir / "locks", data_dir / "lost+found", data_dir / "cache", data_dir / "events")
+    layout.ensure()
+    assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")) == \
+        ["locks", "locks/objects", "tmp"]
 
 
 def test_lost_and_found_never_reuses_a_name(data_dir):
