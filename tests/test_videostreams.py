@@ -10,6 +10,7 @@ import pytest
 
 from storaged.videostreams.api import VIDEOSTREAMS
 from storaged.videostreams.provider import VideostreamsProvider
+from storaged.videostreams.service import VideostreamCatalogue
 from storaged.app import create_app
 from storaged.errors import Conflict
 from storaged.ops.api import JANITOR
@@ -409,6 +410,38 @@ async def test_the_daemons_references_come_from_memory_and_equal_the_files(aioht
     assert from_memory == from_files == sorted(
         [(obj(1), f"videostreams/{linked[0]['id']}"), (obj(2), f"videostreams/{linked[1]['id']}"),
          (obj(5), f"videostreams/{later['id']}")])
+
+
+async def test_pages_of_everything_equal_slices_of_the_whole_answer(data_dir):
+    """Unbounded pages (held counts, only the page taken) answer what the full listing answers."""
+    first = VideostreamCatalogue(Layout(data_dir))
+    made = [await first.create({"stream_url": f"u{i}", "capturesource": 7 if i % 3 else 8,
+                                "startTime": f"{DAY}T{10 + i % 4:02d}:{(i * 17) % 60:02d}:00Z",
+                                "endTime": None if i == 5 else f"{DAY}T{15 + i % 2:02d}:00:00Z"})
+            for i in range(14)]
+    await first.close()
+    catalogue = VideostreamCatalogue(Layout(data_dir))  # the records are the frozen rows now
+    await catalogue.load()
+    await catalogue.update(made[2]["id"], {"startTime": f"{DAY}T09:00:00Z"})
+    await catalogue.delete(made[4]["id"])
+    for i in range(3):
+        await catalogue.create({"stream_url": f"w{i}", "capturesource": 8, "startTime": f"{DAY}T1{i}:17:00Z"})
+    for source in (None, 7, 8, 9):
+        whole = (await catalogue.query(0, None, source)).items  # bounded: the full listing
+        assert len(whole) == {None: 16, 7: 8, 8: 8, 9: 0}[source]
+        for limit in (1, 2, 5, 20):
+            for offset in (0, 1, 3):
+                page = await catalogue.query(None, None, source, limit=limit, offset=offset)
+                assert page.items == whole[offset:offset + limit] and page.total == len(whole)
+                assert (page.next_cursor is None) == (offset + limit >= len(whole))
+            walked, cursor = [], None
+            while True:
+                page = await catalogue.query(None, None, source, limit=limit, cursor=cursor)
+                walked += page.items
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+            assert walked == whole
 
 
 def test_own_format_fast_path_agrees_with_the_full_check():

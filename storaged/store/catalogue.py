@@ -400,11 +400,12 @@ class Catalogue:
         written = sorted(i for i in self._by[self.facets[n]].get(key, ()) if after is None or i > after)
         return merge(frozen, written)
 
-    def spans(self, start: int | None, end: int | None, *, group: Any = None, any_group: bool = True
-              ) -> list[tuple[int, int]]:
+    def spans(self, start: int | None, end: int | None, *, group: Any = None, any_group: bool = True,
+              after: tuple[int, int] | None = None, limit: int | None = None) -> list[tuple[int, int]]:
         """``(start, id)`` of every record whose span overlaps ``[start, end]``, in that order
-        (``any_group`` False: only those whose ``span_group`` facet equals ``group``)."""
-        return self._times.query(start, end, source=group, any_source=any_group)
+        (``any_group`` False: only those whose ``span_group`` facet equals ``group``), the first
+        ``limit`` of those after ``after``."""
+        return self._times.query(start, end, source=group, any_source=any_group, after=after, limit=limit)
 
     def select(self, where: dict[str, Hashable] | None = None, *, span: tuple[int | None, int | None] | None = None,
                after: int | None = None, limit: int | None = None) -> list[int]:
