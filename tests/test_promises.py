@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +26,7 @@ from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, 
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
 from storaged.store.records import RecordStore
+from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
 from storaged.store.timeindex import TimeIndex
 
 # -- locks -----------------------------------------------------------------------------------
@@ -355,6 +357,52 @@ def test_lost_and_found_never_reuses_a_name(data_dir):
         dest.write_text("set aside")
         names.append(os.path.relpath(dest, layout.lost_found))
     assert names == ["sessions/1.json", "sessions/1.json.1", "sessions/1.json.2"]
+
+
+# -- small objects in memory ----------------------------------------------------------------------
+
+def test_small_objects_stay_within_budget_least_recently_served_first_and_forget_wins_a_race():
+    cache = SmallObjects(budget=100, max_object=40)
+
+    def fill(oid: str, size: int) -> None:
+        cache.put(oid, SmallObject(b"x" * size, 0, "application/octet-stream"), cache.generation())
+    fill("a", 40)
+    fill("b", 40)
+    fill("a", 40)  # already held: not counted twice
+    assert cache.held == 80
+    assert cache.get("a") is not None  # "a" is now the most recently served
+    fill("c", 30)
+    assert cache.held <= 100 and cache.get("b") is None and cache.get("a") is not None
+    assert cache.held == 70 and (cache.hits, cache.misses) == (2, 1)
+    fill("big", 41)
+    assert cache.get("big") is None, "an object above max_object is held"
+    cache.forget("a")
+    assert cache.get("a") is None and cache.held == 30
+    started = cache.generation()  # a fill that read its bytes before a delete of the object ...
+    cache.forget("d")
+    cache.put("d", SmallObject(b"old", 0, "text/plain"), started)
+    assert cache.get("d") is None, "... must not put them back"
+    full = SmallObjects(budget=100, max_object=50)
+    for oid in ("x", "y"):
+        full.put(oid, SmallObject(b"z" * 50, 0, "text/plain"), full.generation())
+    assert full.held == 100 and full.get("x") is not None, "exactly the budget is within it"
+    off = SmallObjects(budget=0, max_object=1 << 20)
+    off.put("e", SmallObject(b"e", 0, "text/plain"), off.generation())
+    assert off.get("e") is None and off.held == 0
+
+
+def test_only_bytes_that_hash_to_their_id_are_read_for_the_cache(tmp_path):
+    body = b"small object bytes"
+    oid = hashlib.sha256(body).hexdigest()
+    path = tmp_path / "bytes"
+    path.write_bytes(body)
+    os.utime(path, (1_700_000_000.7, 1_700_000_000.7))
+    assert read_verified(path, oid, limit=len(body)) == (body, 1_700_000_000)
+    assert read_verified(path, oid, limit=len(body) - 1) is None, "larger than the limit"
+    path.write_bytes(b"Small object bytes")
+    assert read_verified(path, oid, limit=1 << 20) is None, "a flipped byte"
+    path.write_bytes(body[:-1])
+    assert read_verified(path, oid, limit=1 << 20) is None, "a truncated copy"
 
 
 # -- on-disk JSON format -------------------------------------------------------------------------
