@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 from pathlib import Path
@@ -38,26 +39,43 @@ def check_tools(timeout: float = 20.0) -> list[str]:
     """Check that ffmpeg and ffprobe run and are at least MIN_VERSION; answer their version lines.
 
     Raises RuntimeError with one line naming the problem.  Blocking (start-up only).  A
-    version string without a release number (a git build, ``N-…``) is taken as new enough."""
-    lines = []
+    version string without a release number (a git build, ``N-…``) is taken as new enough.
+    Both run at once: each is a dynamically linked program whose start is a good part of a
+    second on a loaded box, and the daemon answers nothing until both have."""
     need = ".".join(map(str, MIN_VERSION))
-    for binary in (FFMPEG, FFPROBE):
-        try:
-            out = subprocess.run([binary, "-version"], capture_output=True, timeout=timeout,
-                                 stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise RuntimeError(f"{binary} not found: install ffmpeg >= {need} (Debian: apt-get install ffmpeg)") from None
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RuntimeError(f"{binary} -version failed: {exc}") from None
-        first = (out.stdout.decode("utf-8", "replace").splitlines() or [""])[0].strip()
-        if out.returncode != 0:
-            raise RuntimeError(f"{binary} -version exited with {out.returncode}: {first or 'no output'}")
-        m = _VERSION_RE.search(first)
-        if m and (int(m.group(1)), int(m.group(2))) < MIN_VERSION:
-            raise RuntimeError(f"{binary} {m.group(1)}.{m.group(2)} is too old: storaged needs ffmpeg >= {need} "
-                               f"({first})")
-        lines.append(first)
-    return lines
+    procs: list[tuple[str, subprocess.Popen]] = []
+    try:
+        for binary in (FFMPEG, FFPROBE):
+            try:
+                procs.append((binary, subprocess.Popen([binary, "-version"], stdout=subprocess.PIPE,
+                                                       stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)))
+            except FileNotFoundError:
+                raise RuntimeError(f"{binary} not found: install ffmpeg >= {need} (Debian: apt-get install ffmpeg)") from None
+            except OSError as exc:
+                raise RuntimeError(f"{binary} -version failed: {exc}") from None
+        deadline = time.monotonic() + timeout
+        lines = []
+        for binary, proc in procs:
+            try:
+                out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired as exc:
+                raise RuntimeError(f"{binary} -version failed: {exc}") from None
+            first = (out.decode("utf-8", "replace").splitlines() or [""])[0].strip()
+            if proc.returncode != 0:
+                raise RuntimeError(f"{binary} -version exited with {proc.returncode}: {first or 'no output'}")
+            m = _VERSION_RE.search(first)
+            if m and (int(m.group(1)), int(m.group(2))) < MIN_VERSION:
+                raise RuntimeError(f"{binary} {m.group(1)}.{m.group(2)} is too old: storaged needs ffmpeg >= {need} "
+                                   f"({first})")
+            lines.append(first)
+        return lines
+    finally:
+        for _binary, proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 class FFmpegError(StoragedError):
