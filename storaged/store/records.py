@@ -193,9 +193,12 @@ class RecordStore:
         if saved_at is None:
             return 0
         cat = self.catalogue
+        t0 = time.monotonic()
         view = cat.copy()  # the thread must not iterate what the event loop changes
         suspects = await asyncio.to_thread(snapshot.differences, self.dir, saved_at - snapshot.SLACK_NS,
                                            self._started_ns, cat.holds, view.held_ids, view.held_count())
+        log.info("%s: the snapshot checked against the directory in %.2fs (%d files to read again)", self.kind,
+                 time.monotonic() - t0, len(suspects))
         changed = 0
         for record_id in suspects:
             async with self.lock(record_id):
