@@ -117,6 +117,60 @@ async def test_path_lock_waiter_count_does_not_leak(tmp_path):
     assert key_of() not in PathLock._local
 
 
+async def test_a_bounded_lock_wait_gives_up_on_either_queue_and_gets_what_is_left(tmp_path):
+    """The janitor and fsck take locks with a timeout: 0 skips a busy thing at once, whether a coroutine
+    of this process or another process holds it; a longer one covers the in-process queue and the file
+    lock together, and the file lock gets the time the queue left."""
+    from filelock import Timeout
+    path = tmp_path / "locks" / "thing.lock"
+    key = (id(asyncio.get_running_loop()), str(path))
+    async with async_lock(path, timeout=0):  # free: taken at once
+        with pytest.raises(Timeout) as caught:  # held by a coroutine here: skipped, not waited for
+            await asyncio.wait_for(async_lock(path, timeout=0).__aenter__(), 10)
+        assert caught.value.lock_file == str(path)
+        assert PathLock._local[key][1] == 1, "the coroutine that gave up is still counted"
+    assert key not in PathLock._local
+    other = atomic.sync_lock(path)  # another process's hold (a second fd: flock excludes it too)
+    other.acquire()
+    try:
+        with pytest.raises(Timeout):
+            await asyncio.wait_for(async_lock(path, timeout=0).__aenter__(), 10)
+    finally:
+        other.release()
+    assert key not in PathLock._local
+    # A free queue leaves the whole bound to the file lock: it is taken once the other process lets go.
+    other.acquire()
+    asyncio.get_running_loop().call_later(0.05, other.release)
+    async with async_lock(path, timeout=30) as held:
+        assert held._file.is_locked
+    assert key not in PathLock._local
+
+
+async def test_a_group_commit_whose_fsync_fails_fails_its_writers_and_later_ones_get_their_own(tmp_path, monkeypatch):
+    calls: list[int] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def fsync_dir(path):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(atomic, "fsync_dir", fsync_dir)
+    sync = atomic.DirSync(tmp_path)
+    first = asyncio.create_task(sync.sync())
+    while not calls:
+        await asyncio.sleep(0.001)
+    second = asyncio.create_task(sync.sync())  # renamed after the failing fsync began
+    await asyncio.sleep(0.01)
+    gate.set()
+    with pytest.raises(OSError):
+        await first
+    await second
+    assert len(calls) == 2, "the second writer was answered without an fsync of its own"
+
+
 async def test_shared_holders_overlap_an_exclusive_one_is_alone_and_writers_go_first(tmp_path):
     """A session's membership lock: adders share it, a split or a delete holds it alone, and a writer
     that waits is not starved by readers that keep coming."""
