@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import mmap
 import os
 import random
 
@@ -255,6 +256,37 @@ async def test_a_file_changed_in_place_behind_a_stopped_daemon_is_read_again(dat
     assert "directory unchanged" in caplog.text
     assert await again.check_snapshot() == 1
     assert again.catalogue.select({"type": "in-place"}) == [7]
+
+
+async def test_a_snapshots_json_is_mapped_and_outlives_the_file_being_replaced_or_removed(data_dir, caplog):
+    """The records' bytes are mapped from the snapshot, not read into the process (it starts at a page
+    boundary); the clean stop that writes the next snapshot from them, and a removed cache, leave the
+    running memory whole."""
+    from storaged.store import snapshot
+    from storaged.store.records import SNAPSHOT_VERSION
+    layout = Layout(data_dir)
+    await _fill(layout, 40)
+    path = snapshot.path_for(data_dir, "events")
+    saved = snapshot.read(path, data_dir / "events", SNAPSHOT_VERSION)
+    assert isinstance(saved.columns["blob"], mmap.mmap) and len(saved.columns["blob"]) > 40 * 20
+    assert json.loads(saved.columns["blob"][:saved.columns["offsets"][1]])["id"] == 1
+    again = await _restart(layout, caplog)
+    assert "directory unchanged" in caplog.text
+    await again.update(7, lambda r: {**r, "type": "moved"})
+    await again.delete(9)
+    await again.create({"session_id": 2, "type": "late", "time": 99, "duration": None})
+    await again.close()  # the next snapshot, partly from the mapped bytes, replaces the file by a rename
+    assert {i: json.loads(again.catalogue.raw(i)) for i in again.catalogue.ids()} == _tree(again)
+    third = await _restart(layout, caplog)
+    assert "directory unchanged" in caplog.text
+    assert third.catalogue.rows == again.catalogue.rows
+    snapshot.drop(path)
+    assert {i: json.loads(third.catalogue.raw(i)) for i in third.catalogue.ids()} == _tree(third)
+    assert third.catalogue.select({"type": "moved"}) == [7] and 9 not in third.catalogue
+    await third.close()
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])  # nothing maps this one: the start that reads it is still to come
+    assert snapshot.read(path, data_dir / "events", SNAPSHOT_VERSION) is None
 
 
 async def test_an_unreadable_snapshot_is_ignored(data_dir, caplog):

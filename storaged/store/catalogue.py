@@ -14,7 +14,9 @@ deleting the memory loses nothing.
 JSON, per facet an ``array`` of value codes and the rows sorted by value,
 the span columns and runs of :class:`~storaged.store.timeindex.FrozenSpans`)
 - about 200 bytes an event where a dict of objects took over 500 - and what
-a snapshot stores as it is.  Writes since then live in small dicts and sets
+a snapshot stores as it is.  Loaded from a snapshot, the JSON is the
+snapshot file's pages mapped read-only (:mod:`storaged.store.snapshot`), not
+a copy in the process.  Writes since then live in small dicts and sets
 layered over it (``hidden`` names the frozen rows they replaced or
 deleted); a clean stop folds both into the next snapshot.
 

@@ -9,7 +9,14 @@ at.  Layout: ``MAGIC``, the header's length (8 bytes, little-endian), the
 header (marshal: format, version, directory, mtime, time, the owner's meta,
 and name/typecode/length of each column), then each column's bytes as
 ``array.tobytes`` wrote them (native byte order: a cache of this machine),
-so loading a million rows is a few ``frombytes``, not a million objects.  It lives outside the directory it describes, so writing it does not
+so loading a million rows is a few ``frombytes``, not a million objects.
+A bytes column (the records' JSON, most of the file) starts at a page
+boundary and is mapped read-only rather than read: start-up does not copy
+it, and its pages are the page cache's, which the kernel may drop and read
+again, not the daemon's own memory.  A snapshot is only ever replaced by a
+rename or removed, both of which leave a mapped file whole; a snapshot
+truncated in place by hand under a running daemon would crash it (as it
+would any program mapping the file).  It lives outside the directory it describes, so writing it does not
 change that directory's mtime.  It is a cache: deleting ``cache/`` only costs
 a slower start.
 
@@ -52,6 +59,7 @@ from __future__ import annotations
 
 import logging
 import marshal
+import mmap
 import os
 import sys
 import time
@@ -68,6 +76,8 @@ MAGIC = b"storaged-snapshot\n"
 SLACK_NS = 2_000_000_000
 TICK_NS = 50_000_000  # longer than any filesystem timestamp granularity
 _HEADER_MAX = 1 << 26
+MAPPED = "B@"  # the typecode of a bytes column that starts at a page boundary and is mapped, not read
+_PAGE = mmap.ALLOCATIONGRANULARITY
 
 
 def path_for(data_root: Path, kind: str) -> Path:
@@ -83,7 +93,7 @@ Stamp = tuple[int, int]  # (directory mtime ns, wall-clock ns) read before the r
 
 class Saved(NamedTuple):
     meta: Any
-    columns: dict[str, Any]  # name -> array (or bytes for typecode "B*")
+    columns: dict[str, Any]  # name -> array (or bytes: mmap for typecode MAPPED, bytes for "B*")
     dir_mtime: int
     saved_at: int  # wall-clock ns the rows were true at
 
@@ -119,15 +129,25 @@ def save(snapshot: Path, directory: Path, version: str, true_at: Stamp | None, m
     if true_at is None:
         return
     dir_mtime, saved_at = true_at
-    table = [(name, "B*" if isinstance(col, (bytes, bytearray)) else col.typecode,
-              len(col) if isinstance(col, (bytes, bytearray)) else len(col) * col.itemsize)
+    table = [(name, MAPPED if _is_bytes(col) else col.typecode,
+              len(col) if _is_bytes(col) else len(col) * col.itemsize)
              for name, col in columns.items()]
     header = marshal.dumps((FORMAT, sys.byteorder, version, str(directory), dir_mtime, saved_at, meta, table))
-    parts = [MAGIC, len(header).to_bytes(8, "little"), header]
-    parts += [memoryview(col).cast("B") if not isinstance(col, (bytes, bytearray)) else col
-              for col in columns.values()]
+    parts: list = [MAGIC, len(header).to_bytes(8, "little"), header]
+    at = sum(map(len, parts))
+    for col in columns.values():
+        if _is_bytes(col):
+            parts.append(bytes(-at % _PAGE))
+            at += -at % _PAGE
+        part = col if _is_bytes(col) else memoryview(col).cast("B")
+        parts.append(part)
+        at += len(part)
     snapshot.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(snapshot, parts)
+
+
+def _is_bytes(col: Any) -> bool:
+    return isinstance(col, (bytes, bytearray, mmap.mmap))
 
 
 def drop(snapshot: Path) -> None:
@@ -152,7 +172,8 @@ def _header(fh) -> tuple:
 def read(snapshot: Path, directory: Path, version: str, only: tuple[str, ...] | None = None) -> Saved | None:
     """The snapshot of ``directory`` (None: none, another's, or unreadable; blocking).
 
-    ``only`` reads just those columns.
+    ``only`` reads just those columns.  A bytes column comes back as a read-only ``mmap`` (see the
+    protocol), which slices to ``bytes`` and searches like them.
     """
     try:
         with open(snapshot, "rb") as fh:
@@ -161,6 +182,19 @@ def read(snapshot: Path, directory: Path, version: str, only: tuple[str, ...] | 
                 return None
             columns: dict[str, Any] = {}
             for name, typecode, size in table:
+                if typecode == MAPPED:
+                    at = fh.tell()
+                    fh.seek(-at % _PAGE, os.SEEK_CUR)
+                    if only is not None and name not in only:
+                        fh.seek(size, os.SEEK_CUR)
+                        continue
+                    at = fh.tell()
+                    if at + size > os.fstat(fh.fileno()).st_size:
+                        raise ValueError(f"column {name} cut short")
+                    # An empty column cannot be mapped (and needs no memory).
+                    columns[name] = mmap.mmap(fh.fileno(), size, offset=at, access=mmap.ACCESS_READ) if size else b""
+                    fh.seek(size, os.SEEK_CUR)
+                    continue
                 if only is not None and name not in only:
                     fh.seek(size, os.SEEK_CUR)
                     continue
