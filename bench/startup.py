@@ -137,10 +137,17 @@ def main() -> None:
                       f"file {r['file']:.0f} MiB; {args.settle:.0f} s later anon {r['anon_later']:.0f} MiB, "
                       f"file {r['file_later']:.0f} MiB; load {r['load']:.1f}", flush=True)
     records = f"{args.records:,} videostreams written by the bench" if args.data is None else "the given data dir"
+    argv = []
+    for arg, value in zip(sys.argv[1:], [None, *sys.argv[1:]]):
+        argv.append({"--data": "DIR", "--against": "OTHER_CHECKOUT"}.get(value, arg))  # no machine paths
     lines = [
         f"`storaged serve` on {records}, {args.rounds} warm starts from the snapshot its clean stop left"
         + (", alternating with the checkout given as `--against`" if args.against else "")
         + f"; first request `{args.path}`; medians (all rounds printed by the bench).",
+        "",
+        "```sh",
+        "./.venv/bin/python bench/startup.py " + " ".join(argv),
+        "```",
         "",
         "| daemon | spawn → `/healthz` | its CPU | spawn → first answer | its CPU | RSS anon + file after it "
         f"| {args.settle:.0f} s later | load (1 min) |",
