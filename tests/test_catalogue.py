@@ -7,6 +7,9 @@ import json
 import mmap
 import os
 import random
+import sys
+
+import pytest
 
 from storaged.store import atomic
 from storaged.store.catalogue import Catalogue
@@ -413,9 +416,20 @@ async def test_writes_layered_over_a_snapshot_table_answer_like_the_tree(data_di
     assert again.catalogue.rows == store.catalogue.rows
 
 
-async def test_verification_after_a_trusted_start_sees_files_added_removed_or_changed(data_dir, caplog):
+@pytest.mark.parametrize("where", ["child", "thread"])
+async def test_verification_after_a_trusted_start_sees_files_added_removed_or_changed(data_dir, caplog,
+                                                                                      monkeypatch, where):
     """Names created or removed behind a stopped daemon whose directory mtime was set back, and a file
-    rewritten in place: the start trusts the snapshot, the verification finds all three and fixes the memory."""
+    rewritten in place: the start trusts the snapshot, the verification finds all three and fixes the memory;
+    in a child process (this process's own listing would fail), or in a thread when no child can start."""
+    from storaged.store import snapshot
+
+    def not_here(*_args):
+        raise AssertionError("the directory was listed in this process")
+    if where == "child":
+        monkeypatch.setattr(snapshot, "differences", not_here)
+    else:
+        monkeypatch.setattr(sys, "executable", str(data_dir / "no-such-python"))
     layout = Layout(data_dir)
     await _fill(layout, 30)
     d = data_dir / "events"

@@ -43,7 +43,9 @@ is read.
 truncated, not renamed) behind a stopped daemon's back leaves the directory
 as it was.  Its own mtime moves, though: after a start that trusted an
 unchanged directory, :func:`differences` lists the directory and stats every
-file in a background thread (the daemon already serves) and the owner reads
+file in the background (the daemon already serves), in a child process at a
+lower CPU priority so that a million stats do not hold the daemon's GIL
+(:func:`differences_apart`; a thread if the child cannot answer), and the owner reads
 again, under the record's lock, each file changed after the snapshot was
 true and before this process started (later changes are the daemon's own
 writes), each file it does not hold and each row whose file is gone (a
@@ -57,13 +59,16 @@ the tree differs from it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import marshal
 import mmap
 import os
+import subprocess
 import sys
 import time
 from array import array
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -261,6 +266,58 @@ def differences(directory: Path, cutoff: int, until: int | None, known: Callable
     return sorted(set(out))
 
 
+async def differences_apart(snapshot: Path, directory: Path, version: str, saved_at: int, cutoff: int,
+                            until: int | None) -> list[int] | None:
+    """:func:`differences` between ``directory`` and the ids ``snapshot`` holds, worked out by a child
+    process at a lower CPU priority: a million entries listed and stat'ed by Python would otherwise hold
+    this process's GIL for seconds beside its first requests.  None when the child could not answer
+    (another snapshot there now, or no child at all): the caller does the same in a thread."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "storaged.store.snapshot", str(snapshot), str(directory), version, str(saved_at),
+            str(cutoff), "" if until is None else str(until),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        log.warning("checking %s in a child process failed (%s); checking in a thread", directory, exc)
+        return None
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        if proc.returncode != _ANOTHER:
+            log.warning("checking %s in a child process failed (exit %s: %s); checking in a thread", directory,
+                        proc.returncode, err.decode(errors="replace").strip()[-500:])
+        return None
+    ids = array("q")
+    ids.frombytes(out)
+    return list(ids)
+
+
+_ANOTHER = 3  # the child's exit status when the snapshot is not the one the caller loaded
+
+
+def _differences_main(argv: list[str]) -> int:
+    os.nice(10)  # the daemon's requests first
+    path, directory, version, saved_at, cutoff, until = argv
+    saved = read(Path(path), Path(directory), version, only=("ids",))
+    if saved is None or saved.saved_at != int(saved_at) or "ids" not in saved.columns:
+        return _ANOTHER
+    ids = saved.columns["ids"]
+    damaged = set(saved.meta.get("damaged", {})) if isinstance(saved.meta, dict) else set()
+
+    def known(record_id: int) -> bool:
+        p = bisect_left(ids, record_id)
+        return (p < len(ids) and ids[p] == record_id) or record_id in damaged
+
+    found = differences(Path(directory), int(cutoff), int(until) if until else None, known,
+                        lambda: [*ids, *damaged], len(ids) + len(damaged))
+    sys.stdout.buffer.write(array("q", found).tobytes())
+    return 0
+
+
 def verify(snapshot: Path) -> tuple[str, list[int]] | None:
     """For fsck: (the directory, ids where the tree differs) if the next start would trust
     ``snapshot`` although the tree differs from it; ("", []) for an unreadable snapshot; None if sound."""
@@ -285,3 +342,7 @@ def verify(snapshot: Path) -> tuple[str, list[int]] | None:
         held.update(meta.get("damaged", {}))
     found = differences(directory, saved_at, None, held.__contains__, lambda: held, len(held))
     return (str(directory), found) if found else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(_differences_main(sys.argv[1:]))
