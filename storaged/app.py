@@ -70,9 +70,6 @@ def create_app(config: Config) -> web.Application:
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     layout = app[LAYOUT]
     await asyncio.to_thread(layout.ensure)
-    swept = await asyncio.to_thread(app[OBJECTS].sweep_temps, app[CONFIG].temp_max_age)
-    if swept:
-        log.info("swept %d stale temp entries from %s", len(swept), layout.tmp)
     sweeper = asyncio.create_task(_sweep_temps_forever(app), name="tmp-sweeper")
     try:
         yield
@@ -83,17 +80,21 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sweep_temps_forever(app: web.Application) -> None:
-    """Temps a crash left behind go while the daemon runs too, not only at its next start."""
+    """Temps a crash left behind go at start-up and while the daemon runs, not only at its next start.
+
+    The first sweep runs beside the first requests rather than before them: it walks the whole tree
+    (a million record names at scale), and it only takes temps older than ``temp_max_age``, which no
+    write in progress leaves."""
     max_age = app[CONFIG].temp_max_age
     while True:
-        await asyncio.sleep(sweep_period(max_age))
         try:
             swept = await asyncio.to_thread(app[OBJECTS].sweep_temps, max_age)
         except OSError as exc:  # a read-only or failing disk: try again next time
             log.warning("sweeping %s failed: %s", app[LAYOUT].tmp, exc)
-            continue
-        if swept:
-            log.info("swept %d stale temp entries from %s", len(swept), app[LAYOUT].tmp)
+        else:
+            if swept:
+                log.info("swept %d stale temp entries from %s", len(swept), app[LAYOUT].tmp)
+        await asyncio.sleep(sweep_period(max_age))
 
 
 async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:

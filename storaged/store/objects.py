@@ -486,14 +486,22 @@ class ObjectStore:
             removed = [name for name in os.listdir(self.layout.tmp) if _remove_if_older(self.layout.tmp / name, cutoff)]
         except FileNotFoundError:
             removed = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            if dirpath == str(root):
-                dirnames[:] = [d for d in dirnames if d not in RESERVED_TOP]
-            temps = [n for n in (*dirnames, *filenames) if n.startswith(".") and n.endswith(TMP_SUFFIX)]
-            dirnames[:] = [d for d in dirnames if d not in temps]
-            for name in temps:
-                if _remove_if_older(Path(dirpath) / name, cutoff):
-                    removed.append(os.path.relpath(os.path.join(dirpath, name), root))
+        # One directory at a time and no list of its names: a record kind holds a million of them.
+        stack = [str(root)]
+        while stack:
+            directory = stack.pop()
+            try:
+                entries = os.scandir(directory)
+            except OSError:  # gone, or not ours to read: as os.walk, which this was, skips it
+                continue
+            with entries:
+                for entry in entries:
+                    name = entry.name
+                    if name[0] == "." and name.endswith(TMP_SUFFIX):
+                        if _remove_if_older(Path(entry.path), cutoff):
+                            removed.append(os.path.relpath(entry.path, root))
+                    elif entry.is_dir(follow_symlinks=False) and not (directory == str(root) and name in RESERVED_TOP):
+                        stack.append(entry.path)
         return removed
 
 
