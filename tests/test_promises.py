@@ -14,14 +14,16 @@ import dataclasses
 import errno
 import hashlib
 import json
+import logging
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 from storaged import config as cfg
 from storaged.errors import StoragedError
-from storaged.store import atomic
+from storaged.store import atomic, damage
 from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
@@ -457,6 +459,26 @@ def test_only_bytes_that_hash_to_their_id_are_read_for_the_cache(tmp_path):
     assert read_verified(path, oid, limit=1 << 20) is None, "a flipped byte"
     path.write_bytes(body[:-1])
     assert read_verified(path, oid, limit=1 << 20) is None, "a truncated copy"
+
+
+# -- damaged records met by a listing -------------------------------------------------------------
+
+def test_a_skipped_damaged_record_is_reported_to_the_request_and_logged_once(caplog):
+    name = f"sessions/{secrets.token_hex(4)}.json"  # one warning per file per process: a fresh name
+    found: list[str] = []
+    token = damage.SKIPPED.set(found)
+    try:
+        with caplog.at_level(logging.WARNING, logger="storaged.store"):
+            damage.skipped(name, "not valid JSON")
+            damage.skipped(name, "not valid JSON")  # listings are polled: the log says it once
+    finally:
+        damage.SKIPPED.reset(token)
+    assert found == [name, name], "each listing that skipped it reports it"
+    messages = [r.getMessage() for r in caplog.records if name in r.getMessage()]
+    assert messages == [f"skipped damaged record {name} (not valid JSON); run `storaged fsck`"]
+    assert caplog.records[-1].levelno == logging.WARNING
+    damage.skipped(name + ".other", "empty")  # outside a request: only logged
+    assert found == [name, name]
 
 
 # -- on-disk JSON format -------------------------------------------------------------------------
