@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def main() -> None:
         + f"; first request `{args.path}`; medians (all rounds printed by the bench).",
         "",
         "```sh",
-        "./.venv/bin/python bench/startup.py " + " ".join(argv),
+        "./.venv/bin/python bench/startup.py " + " ".join(map(shlex.quote, argv)),
         "```",
         "",
         "| daemon | spawn → `/healthz` | its CPU | spawn → first answer | its CPU | RSS anon + file after it "
