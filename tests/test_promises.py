@@ -402,6 +402,9 @@ def test_the_on_disk_layout_is_pinned(data_dir):
     layout.ensure()
     assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")) == \
         ["locks", "locks/objects", "tmp"]
+    deep = Layout(data_dir.parent / "new" / "disk" / "data")  # a data root whose parents do not exist yet
+    deep.ensure()
+    assert deep.tmp.is_dir() and (deep.locks / "objects").is_dir()
 
 
 def test_lost_and_found_never_reuses_a_name(data_dir):
