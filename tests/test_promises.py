@@ -309,6 +309,13 @@ def test_an_exclusive_write_never_replaces_and_makes_what_it_creates_durable(tmp
     assert write_bytes(final, b"second", exclusive=True) is False, "an existing name was reported created"
     assert final.read_bytes() == b"first"
     assert os.listdir(tmp_path) == [final.name], "a temp file was left behind"
+    assert write_bytes(tmp_path / "replaceable", b"x") is True, "a plain write answers that it wrote"
+
+
+def test_a_write_that_fails_for_any_reason_leaves_no_temp(tmp_path):
+    with pytest.raises(TypeError):
+        write_bytes(tmp_path / "record.json", [b"{", "not bytes", b"}"])
+    assert os.listdir(tmp_path) == []
 
 
 def test_trash_removes_the_thing_whole_and_never_what_a_link_points_at(data_dir, monkeypatch):
