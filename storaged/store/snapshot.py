@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from storaged.store.atomic import write_bytes
+from storaged.supervise.ffmpeg import stop_process
 
 log = logging.getLogger("storaged.snapshot")
 
@@ -283,8 +284,7 @@ async def differences_apart(snapshot: Path, directory: Path, version: str, saved
     try:
         out, err = await proc.communicate()
     except BaseException:
-        proc.kill()
-        await proc.wait()
+        await stop_process(proc, send_q=False)
         raise
     if proc.returncode != 0:
         if proc.returncode != _ANOTHER:
