@@ -127,6 +127,37 @@ def test_each_planted_fault_is_found_and_repair_leaves_a_clean_tree(tmp_path: Pa
     assert "0 problem(s)" in again.stdout
 
 
+def test_a_finished_job_not_yet_reaped_is_not_a_dangling_entry_however_long_it_waited(tmp_path: Path):
+    """Found by the 500-kill loop: a job queued for 80 s ran for 0.7 s, and fsck (run beside the live
+    daemon) saw it finished, its worker gone and its entry still there, in the instant before the runner
+    reaped it.  The grace counts from when the job finished, not from when it was queued."""
+    data = tmp_path / "data"
+    tree = build_tree(data)
+    job = tree["layout"].object_dir(tree["ids"][0]) / "analysis" / ("f" * 40)
+    job.mkdir(parents=True)
+    (job / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
+    dead = subprocess.Popen(["true"])
+    identity = ProcessIdentity.of(dead.pid) or ProcessIdentity(dead.pid, boot_id(), 1)
+    dead.wait()
+    (job / "inrun.pid").write_text(json.dumps(identity.to_json()))  # the runner has not reaped it yet
+    (job / "results.json").write_text(json.dumps({"status": "done"}))  # finished just now
+    entry = data / "jobs" / "queue" / "00000000000000000007-ffff.json"
+    entry.write_text(json.dumps({"job_dir": os.path.relpath(job, data)}))
+    backdate(entry, 7200)  # it waited two hours for its turn
+
+    young = fsck(data)
+    assert young.returncode == 0, young.stdout + young.stderr
+    assert "0 problem(s)" in young.stdout
+
+    # Finished two hours ago and still queued: nothing reaped it, that entry is dangling.
+    (job / "inrun.pid").unlink()
+    backdate(job / "results.json", 7200)
+    old = fsck(data)
+    assert old.returncode == 1, old.stdout + old.stderr
+    assert f"dangling queue entry jobs/queue/{entry.name}: names {os.path.relpath(job, data)}, " \
+           "which has finished" in old.stdout
+
+
 def test_fsck_passes_the_tree_of_a_live_daemon(tmp_path: Path, daemon):
     """A running daemon's tree is clean to fsck; its young temps are not strays."""
     data = tmp_path / "data"

@@ -75,6 +75,9 @@ from storaged.tier.evict import verified_remote
 from storaged.tier.sources import remote_state
 
 TEMP_GRACE = 60.0
+# How long after a job finished its queue entry may still be there: a live runner drops the entry when it
+# reaps the worker (at its next pass), a stopped daemon at its next start.  Counted from the results, not
+# from the entry, whose age is how long the job waited for its turn.
 QUEUE_GRACE = 60.0
 LOST = "lost+found"
 JOBS_TOP = "jobs"
@@ -388,6 +391,9 @@ class Fsck:
         if not pidfile.exists():
             # Its worker finished between our looks (results, then no pid file, then exit): not stale.
             return
+        if has_results and (_age(job_dir / RESULTS, time.time()) or 0.0) <= QUEUE_GRACE:
+            # Finished a moment ago: the runner drops the pid file when it reaps the worker.
+            return
         detail = "pid file of a dead worker" + ("" if has_results else ", and no results")
         problem = Problem("stale job", self.rel(job_dir), detail)
         if self.repair:
@@ -428,10 +434,10 @@ class Fsck:
             elif not (job_dir / CONFIG).exists():
                 detail = f"names {self.rel(job_dir)}, which is not a job"
             else:
-                age = _age(entry, now) or 0.0
                 identity = read_pidfile(job_dir / PIDFILE)
                 finished = _final(job_dir)
-                if finished and (identity is None or not identity.alive()) and age > QUEUE_GRACE:
+                finished_for = _age(job_dir / RESULTS, now) or 0.0
+                if finished and (identity is None or not identity.alive()) and finished_for > QUEUE_GRACE:
                     detail = f"names {self.rel(job_dir)}, which has finished"
             if detail is None:
                 continue
