@@ -45,7 +45,8 @@ as it was.  Its own mtime moves, though: after a start that trusted an
 unchanged directory, :func:`differences` lists the directory and stats every
 file in the background (the daemon already serves), in a child process at a
 lower CPU priority so that a million stats do not hold the daemon's GIL
-(:func:`differences_apart`; a thread if the child cannot answer), and the owner reads
+(:func:`differences_apart`; a thread if the child cannot answer; the child dies
+with the daemon), and the owner reads
 again, under the record's lock, each file changed after the snapshot was
 true and before this process started (later changes are the daemon's own
 writes), each file it does not hold and each row whose file is gone (a
@@ -74,6 +75,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from storaged.store.atomic import write_bytes
 from storaged.supervise.ffmpeg import stop_process
+from storaged.supervise.process import die_with_parent
 
 log = logging.getLogger("storaged.snapshot")
 
@@ -275,8 +277,8 @@ async def differences_apart(snapshot: Path, directory: Path, version: str, saved
     (another snapshot there now, or no child at all): the caller does the same in a thread."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "storaged.store.snapshot", str(snapshot), str(directory), version, str(saved_at),
-            str(cutoff), "" if until is None else str(until),
+            sys.executable, "-m", "storaged.store.snapshot", str(os.getpid()), str(snapshot), str(directory),
+            version, str(saved_at), str(cutoff), "" if until is None else str(until),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except OSError as exc:
         log.warning("checking %s in a child process failed (%s); checking in a thread", directory, exc)
@@ -300,8 +302,9 @@ _ANOTHER = 3  # the child's exit status when the snapshot is not the one the cal
 
 
 def _differences_main(argv: list[str]) -> int:
+    parent, path, directory, version, saved_at, cutoff, until = argv
+    die_with_parent(int(parent))  # only the daemon reads the answer: a SIGKILLed daemon ends the check
     os.nice(10)  # the daemon's requests first
-    path, directory, version, saved_at, cutoff, until = argv
     saved = read(Path(path), Path(directory), version, only=("ids",))
     if saved is None or saved.saved_at != int(saved_at) or "ids" not in saved.columns:
         return _ANOTHER

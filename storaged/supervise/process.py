@@ -18,12 +18,19 @@ process groups (:func:`terminate_group`).
 group reaches their ffmpeg too; :func:`wait_group_gone` waits until no live
 member is left (KILL after a timeout).
 
+*Helpers that end with the daemon.*  Workers and segmenters outlive a
+SIGKILLed daemon on purpose (the next start adopts them); a helper whose
+only reader is the daemon (the snapshot check) must not.  It calls
+:func:`die_with_parent` first: the kernel sends it SIGKILL when its parent
+dies, and a parent already gone before that call ends it at once.
+
 *Restart with backoff* is storaged.supervise.backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import time
@@ -104,6 +111,21 @@ class ProcessIdentity:
                        start_ticks=int(data["start_ticks"]), started=float(data.get("started", 0.0)))
         except (KeyError, TypeError, ValueError):
             return None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel for SIGKILL when this process's parent dies; exit now if ``parent_pid`` (the
+    parent as it was when it started us) is already gone, since the request would then never fire."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the helper ends when it has finished, as before
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def write_pidfile(path: Path, identity: ProcessIdentity) -> None:
