@@ -67,6 +67,26 @@ def dead_process():
         proc.wait()
 
 
+def gate_dir_fsyncs(monkeypatch, first_fails: bool = False) -> tuple[list[int], asyncio.Event]:
+    """Replace storaged.store.atomic.fsync_dir with one whose first call waits for the returned event (and
+    then raises EIO when ``first_fails``); the list counts the calls.  Call it on the event loop."""
+    import errno
+    from storaged.store import atomic
+    calls: list[int] = []
+    gate = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def fsync_dir(path):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+            if first_fails:
+                raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(atomic, "fsync_dir", fsync_dir)
+    return calls, gate
+
+
 def queue_entry(data_dir: Path, job_dir: Path) -> Path:
     """A job queue entry naming ``job_dir``, as the job runner writes one on submit."""
     entry = Path(data_dir) / "jobs" / "queue" / f"{time.time_ns():020d}-test.json"

@@ -16,6 +16,7 @@ from storaged.store.catalogue import Catalogue
 from storaged.store.layout import Layout
 from storaged.store.records import RecordStore
 from storaged.sessions.service import event_span
+from tests.helpers import gate_dir_fsyncs
 
 
 def _events(layout: Layout) -> RecordStore:
@@ -144,16 +145,7 @@ async def test_concurrent_updates_share_directory_fsyncs_and_each_is_durable(dat
 
 async def test_dirsync_waits_for_an_fsync_that_began_after_its_rename(tmp_path, monkeypatch):
     """A writer arriving while an fsync runs is not answered by that fsync."""
-    started = []
-    gate = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def slow_fsync(path):
-        started.append(len(started))
-        if len(started) == 1:
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
-
-    monkeypatch.setattr(atomic, "fsync_dir", slow_fsync)
+    started, gate = gate_dir_fsyncs(monkeypatch)
     sync = atomic.DirSync(tmp_path)
     first = asyncio.create_task(sync.sync())
     while not started:

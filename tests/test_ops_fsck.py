@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storaged.supervise.process import ProcessIdentity, boot_id
+from storaged.supervise.process import ProcessIdentity
 from storaged.store.layout import Layout
 from storaged.store.objects import ObjectStore
+from tests.helpers import dead_process
 from tests.ops_helpers import backdate
 
 
@@ -70,9 +71,7 @@ def test_each_planted_fault_is_found_and_repair_leaves_a_clean_tree(tmp_path: Pa
     record = data / "sessions" / "1.json"
     record.write_text(record.read_text()[:9])
     # 3. a stale pid file: a job whose worker died without results, still in the queue
-    dead = subprocess.Popen(["true"])
-    identity = ProcessIdentity.of(dead.pid) or ProcessIdentity(dead.pid, boot_id(), 1)
-    dead.wait()
+    identity = dead_process()
     stale = layout.object_dir(ids[2]) / "analysis" / ("c" * 40)
     stale.mkdir(parents=True)
     (stale / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
@@ -136,9 +135,7 @@ def test_a_finished_job_not_yet_reaped_is_not_a_dangling_entry_however_long_it_w
     job = tree["layout"].object_dir(tree["ids"][0]) / "analysis" / ("f" * 40)
     job.mkdir(parents=True)
     (job / "config.json").write_text(json.dumps({"kind": "k", "args": {}}))
-    dead = subprocess.Popen(["true"])
-    identity = ProcessIdentity.of(dead.pid) or ProcessIdentity(dead.pid, boot_id(), 1)
-    dead.wait()
+    identity = dead_process()
     (job / "inrun.pid").write_text(json.dumps(identity.to_json()))  # the runner has not reaped it yet
     (job / "results.json").write_text(json.dumps({"status": "done"}))  # finished just now
     entry = data / "jobs" / "queue" / "00000000000000000007-ffff.json"

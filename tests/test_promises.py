@@ -30,6 +30,7 @@ from storaged.store.objects import ObjectStore
 from storaged.store.records import RecordStore
 from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
 from storaged.store.timeindex import TimeIndex
+from tests.helpers import gate_dir_fsyncs
 
 # -- locks -----------------------------------------------------------------------------------
 
@@ -149,17 +150,7 @@ async def test_a_bounded_lock_wait_gives_up_on_either_queue_and_gets_what_is_lef
 
 
 async def test_a_group_commit_whose_fsync_fails_fails_its_writers_and_later_ones_get_their_own(tmp_path, monkeypatch):
-    calls: list[int] = []
-    gate = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def fsync_dir(path):
-        calls.append(len(calls))
-        if len(calls) == 1:
-            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
-            raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(atomic, "fsync_dir", fsync_dir)
+    calls, gate = gate_dir_fsyncs(monkeypatch, first_fails=True)
     sync = atomic.DirSync(tmp_path)
     first = asyncio.create_task(sync.sync())
     while not calls:
