@@ -617,10 +617,46 @@ def test_a_bad_value_is_named_with_the_forms_accepted(name, raw, accepted):
 
 def test_sizes_and_ages_are_shown_in_binary_units_and_the_largest_fitting_unit():
     """The form logs, `storaged gc --dry-run`, fsck and the pages show them in."""
-    assert [cfg.human_size(n) for n in (0, 1023, 1536, 5 * 1024**2, 3 * 1024**3 // 2, 2 * 1024**4, 3 * 1024**5)] == \
-        ["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "1.5 GiB", "2.0 TiB", "3072.0 TiB"]
-    assert [cfg.human_age(s) for s in (-5, 0, 59, 60, 90, 5400, 86400, 129600)] == \
-        ["0s", "0s", "59s", "1.0m", "1.5m", "1.5h", "1.0d", "1.5d"]
+    assert [cfg.human_size(n) for n in (0, 1023, 1024, 1536, 5 * 1024**2, 3 * 1024**3 // 2, 2 * 1024**4,
+                                        3 * 1024**5)] == \
+        ["0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "1.5 GiB", "2.0 TiB", "3072.0 TiB"]
+    assert [cfg.human_age(s) for s in (-5, 0, 59, 60, 90, 3599, 3600, 5400, 86400, 129600)] == \
+        ["0s", "0s", "59s", "1.0m", "1.5m", "60.0m", "1.0h", "1.5h", "1.0d", "1.5d"]
+
+
+def test_help_shows_a_boolean_once_with_its_values_and_its_no_form_and_a_percent_as_written():
+    parser = argparse.ArgumentParser()
+    cfg.add_arguments(parser)
+    helptext = " ".join(parser.format_help().split())
+    assert "--access-log [true|false]" in helptext
+    assert "(also --no-access-log)" in helptext
+    assert helptext.count("--no-access-log") == 1, "the --no- form is listed as a flag of its own"
+    assert "a percent of its size (`5%`)" in helptext  # min_free's help, through argparse's %-formatting
+    assert "--config CONFIG" in helptext
+
+
+def test_a_bad_boolean_flag_is_refused_naming_the_forms_accepted(capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse(["--access-log", "maybe"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "--access-log" in err and "'maybe'" in err and "yes/no" in err, err
+    assert parse(["--access-log", "off"]).access_log is False  # a value, not the text "off" (which is true)
+
+
+def test_settings_load_from_any_parser_s_namespace_and_the_config_flag_gives_a_path(tmp_path):
+    """A command whose parser lacks some settings (or --config) gets them from ini, env and defaults."""
+    assert cfg.load(argparse.Namespace(port=9600), env={}).port == 9600
+    assert cfg.load(argparse.Namespace(), env={"STORAGED_PORT": "9700"}).port == 9700
+    ini = tmp_path / "s.ini"
+    ini.write_text("[storaged]\nport = 9800\n")
+    assert isinstance(parse(["--config", str(ini)]).config, Path)
+    assert parse([]).config is None and parse([]).max_upload_size is None  # unset flags hide nothing
+
+
+def test_an_unknown_time_zone_is_named():
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Olympus_Mons'"):
+        cfg.zone("Mars/Olympus_Mons")
 
 
 # -- videostreams interval index ---------------------------------------------------------------
