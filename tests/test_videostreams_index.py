@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from array import array
 
 import pytest
 
 from storaged.errors import BadRequest
 from storaged.videostreams import times
-from storaged.store.timeindex import TimeIndex
+from storaged.store.timeindex import NO_SPAN, OPEN_END, FrozenSpans, SpanIndex, TimeIndex
 
 HOUR = 3600 * 1_000_000
 SPAN = 60 * 24 * HOUR
@@ -117,6 +118,105 @@ def test_index_follows_updates_and_removals():
                 assert index.query(qs, qe, source=source, any_source=any_source) == \
                     brute(entries.values(), qs, qe, source, any_source)
     assert len(index) == len(entries)
+
+
+def frozen(entries: list[tuple], sources: list, rows_without_span: int = 0) -> FrozenSpans:
+    """The compact index a start-up (or a snapshot) builds from a table whose ids are sorted."""
+    rows = sorted([(rid, start, end, src) for rid, start, end, src in entries]
+                  + [(-(n + 1), None, None, None) for n in range(rows_without_span)])  # records without a span
+    code = {value: c for c, value in enumerate(sources)}
+    return FrozenSpans.build(
+        [r[0] for r in rows], array("q", [NO_SPAN if r[1] is None else r[1] for r in rows]),
+        array("q", [OPEN_END if r[2] is None else r[2] for r in rows]),
+        array("i", [code[r[3]] for r in rows]), list(sources))
+
+
+def answers(index, qs, qe, source, any_source, after=None, limit=None):
+    return index.query(qs, qe, source=source, any_source=any_source, after=after, limit=limit)
+
+
+def brute_page(entries, qs, qe, source, any_source, after, limit):
+    if qs is not None and qe is not None and qe < qs:
+        return []
+    whole = [k for k in brute(entries, qs, qe, source, any_source) if after is None or k > after]
+    return whole if limit is None else whole[:limit]
+
+
+def test_the_compact_index_with_writes_layered_over_it_agrees_with_brute_force():
+    """The events/videostreams index at a million records: frozen columns (from a start-up or a snapshot),
+    the writes since in a small TimeIndex over them, replaced and deleted frozen rows hidden.  Every query
+    form (either bound open, a source or none, an unknown source, a cursor, a limit, an empty window) is
+    checked against a scan, and so is every page of a walk."""
+    rng = random.Random(2024)
+    sources = [None, 1, 2, 3]
+    base = random_entries(rng, 3000, sources)
+    index = SpanIndex(frozen(base, sources, rows_without_span=50))
+    entries = {e[0]: e for e in base}
+    assert len(index) == 3000
+    for query_no in range(600):
+        if query_no >= 100:  # first the frozen rows alone, then with writes layered over them
+            for _ in range(5):
+                action = rng.random()
+                rid = rng.choice(list(entries))
+                if action < 0.3:
+                    assert index.remove(rid) and rid not in index
+                    del entries[rid]
+                    assert not index.remove(rid)
+                else:
+                    if action < 0.6:
+                        rid = rng.randrange(1, 2**53)  # a new record
+                    (new,) = random_entries(rng, 1, sources)
+                    entries[rid] = (rid, *new[1:])
+                    index.add(*entries[rid])
+                    assert index.get(rid) == entries[rid][1:]
+        qs, qe, source, any_source = random_query(rng, sources + [99])
+        if rng.random() < 0.05:
+            qs, qe = 5 * HOUR, 4 * HOUR  # an empty window
+        whole = brute_page(entries.values(), qs, qe, source, any_source, None, None)
+        assert answers(index, qs, qe, source, any_source) == whole, (qs, qe, source, any_source)
+        limit = rng.choice([None, 1, 2, 7])
+        after = rng.choice(whole) if whole and rng.random() < 0.7 else None
+        assert answers(index, qs, qe, source, any_source, after, limit) == \
+            brute_page(entries.values(), qs, qe, source, any_source, after, limit), (qs, qe, source, after, limit)
+        if query_no % 20 == 0 and whole:
+            walked, after = [], None
+            while True:
+                page = answers(index, qs, qe, source, any_source, after, 3)
+                walked += page
+                if len(page) < 3:
+                    break
+                after = page[-1]
+            assert walked == whole
+    assert len(index) == len(entries)
+    assert sorted(index) == sorted(entries.values())
+
+
+def test_the_compact_index_answers_get_and_len_and_skips_rows_without_a_span():
+    rows = [(10, 100, 200, "cam-a"), (20, 150, None, "cam-b"), (30, 300, 300, None)]
+    spans = frozen(rows, [None, "cam-a", "cam-b"], rows_without_span=2)
+    assert len(spans) == 3
+    assert spans.get(10) == (100, 200, "cam-a") and spans.get(20) == (150, None, "cam-b")
+    assert spans.get(30) == (300, 300, None)
+    assert spans.get(-1) is None and spans.get(15) is None  # a row without a span; no such row
+    index = SpanIndex(spans)
+    assert answers(index, None, None, "cam-b", False) == [(150, 20)]
+    assert answers(index, None, None, None, False) == [(300, 30)]
+    assert answers(index, None, None, "cam-c", False) == []
+    assert answers(index, 250, None, None, True) == [(150, 20), (300, 30)]
+    assert answers(index, 201, 299, None, True) == [(150, 20)]
+    rebuilt = FrozenSpans(spans.ids, spans.starts, spans.ends, spans.groups, spans.group_values, spans.order,
+                          spans.runs_table())  # as a snapshot loads it
+    assert [answers(SpanIndex(rebuilt), qs, None, None, True) for qs in (None, 180, 250)] == \
+        [answers(index, qs, None, None, True) for qs in (None, 180, 250)]
+    # Exactly two runs whose rows interleave (1 µs long ones, a live one between them): merged in order.
+    two = SpanIndex(frozen([(1, 100, 101, None), (2, 150, None, None), (3, 200, 201, None)], [None]))
+    assert answers(two, None, None, None, True) == [(100, 1), (150, 2), (200, 3)]
+    assert answers(two, None, None, None, False, limit=2) == [(100, 1), (150, 2)]
+    with pytest.raises(ValueError):
+        FrozenSpans(spans.ids, spans.starts, spans.ends, array("i"), spans.group_values, spans.order, [])
+    with pytest.raises(ValueError):
+        FrozenSpans(spans.ids, spans.starts, spans.ends, spans.groups, spans.group_values, spans.order,
+                    [(-1, 0, 0, len(spans.order) + 1, None)])
 
 
 @pytest.mark.parametrize("text,expected", [
