@@ -32,8 +32,9 @@ def fsck(root: Path, repair: bool = False) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-async def upload(client, body: bytes = BODY, name: str = "clip.bin") -> dict:
-    resp = await client.post("/upload", params={"name": name}, data=body)
+async def upload(client, body: bytes = BODY, name: str = "clip.bin", content_type: str | None = None) -> dict:
+    headers = {"Content-Type": content_type} if content_type else None
+    resp = await client.post("/upload", params={"name": name}, data=body, headers=headers)
     out = await json_of(resp)
     assert resp.status == 200, out
     return out
@@ -78,21 +79,38 @@ TROUBLE = {
 
 
 @pytest.mark.parametrize("how", list(TROUBLE))
-async def test_reupload_heals_a_damaged_object(client, data_dir, how):
-    first = await upload(client)
+async def test_reupload_heals_a_damaged_object(client, data_dir, how, caplog):
+    first = await upload(client, name="clip.mp4", content_type="video/quicktime")  # as the uploader said
     oid = first["file_id"]
-    # An analysis on the object: healing must keep it (and the object's directory).
+    # An analysis and a pin on the object: healing must keep them (and the object's directory).
     resp = await client.post("/analyse", json={"file_id": oid, "analysis": "dummy", "args": {"seconds": 0}})
     assert resp.status == 200, await resp.text()
     aid = (await resp.json())["analysis_id"]
+    assert (await client.put(f"/upload/{oid}/pin")).status == 200
     od = Layout(data_dir).object_dir(oid)
     damage(od, how)
+    if how == "missing meta":
+        (od / "notes.txt").write_bytes(b"someone's file")  # without meta.json nothing says it is not the bytes
     assert fsck(data_dir)[0] == 1, "the damage is real: fsck sees it"
 
-    again = await upload(client)
+    again = await upload(client, name="clip.mp4", content_type="video/quicktime")
     assert again["file_id"] == oid
     assert again["deduplicated"] is False, again
     assert TROUBLE[how] in again["repaired"], again
+    assert again["name"] == "clip.mp4" and again["size"] == len(BODY), again
+    assert again["content_type"] == "video/quicktime", again
+    set_aside = sorted(str(p.relative_to(data_dir)) for p in (data_dir / "lost+found").rglob("*") if p.is_file())
+    if set_aside:
+        assert sorted(again["repaired"].split("; the damaged files are in ")[1].split(", ")) == set_aside, again
+    else:
+        assert again["repaired"].endswith("replaced by these bytes"), again
+    warned = [r for r in caplog.records if "healed with the bytes of a new upload" in r.getMessage()]
+    assert [r.levelname for r in warned] == ["WARNING"] and oid in warned[0].getMessage() \
+        and TROUBLE[how] in warned[0].getMessage()
+    if how == "missing meta":
+        assert not (od / "notes.txt").exists() and f"lost+found/{oid[:2]}/{oid[2:]}/notes.txt" in set_aside
+    meta = await json_of(await client.get(f"/upload/{oid}"))
+    assert meta["pinned"] is True and (meta["name"], meta["size"]) == ("clip.mp4", len(BODY)), meta
 
     resp = await client.get(f"/download/{oid}")
     assert resp.status == 200 and await resp.read() == BODY
