@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 
 from storaged import config as cfg
-from storaged.errors import StoragedError
+from storaged.errors import BadRequest, DamagedRecord, NotFound, StoragedError
 from storaged.store import atomic, damage
 from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
-from storaged.store.objects import ObjectStore
+from storaged.store.objects import ObjectStore, verify_object
 from storaged.store.records import RecordStore
 from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
 from storaged.store.timeindex import TimeIndex
@@ -460,6 +460,104 @@ def test_only_bytes_that_hash_to_their_id_are_read_for_the_cache(tmp_path):
     assert read_verified(path, oid, limit=1 << 20) is None, "a flipped byte"
     path.write_bytes(body[:-1])
     assert read_verified(path, oid, limit=1 << 20) is None, "a truncated copy"
+
+
+# -- the object store's reads ------------------------------------------------------------------------
+
+def object_store(root: Path, small: SmallObjects | None = None) -> ObjectStore:
+    layout = Layout(root)
+    layout.ensure()
+    return ObjectStore(layout, max_size=1 << 20, small=small)
+
+
+async def put_bytes(store: ObjectStore, body: bytes, name: str) -> str:
+    async def chunks():
+        yield body
+    return (await store.put(chunks(), name))["file_id"]
+
+
+def replace_bytes(path: Path, body: bytes) -> None:
+    """Bytes changed behind the daemon's back (a new inode: a stored file may be read-only)."""
+    path.unlink()
+    path.write_bytes(body)
+
+
+async def test_a_small_object_is_served_from_memory_once_verified_and_forgotten_when_deleted(tmp_path):
+    store = object_store(tmp_path, SmallObjects(budget=1 << 16, max_object=1 << 10))
+    oid = await put_bytes(store, b"a small object", "s.txt")
+    meta = await store.meta(oid)
+    path = store.data_path(oid, meta)
+    first = await store.small_object(oid, meta, "text/plain")
+    assert (first.data, first.mtime, first.content_type) == (b"a small object", int(path.stat().st_mtime), "text/plain")
+    path.unlink()  # from memory from now on
+    assert await store.small_object(oid, meta, "text/plain") is first
+    await store.delete(oid)
+    assert store.small.get(oid) is None, "a deleted object is still served from memory"
+    assert await put_bytes(store, b"a small object", "s.txt") == oid
+    assert (await store.small_object(oid, await store.meta(oid), "text/plain")).data == b"a small object"
+
+    damaged = await put_bytes(store, b"another small object", "o.txt")
+    dmeta = await store.meta(damaged)
+    replace_bytes(store.data_path(damaged, dmeta), b"Another small object")
+    assert await store.small_object(damaged, dmeta, "text/plain") is None, "bytes that do not hash were served"
+    assert store.small.get(damaged) is None
+    big = await put_bytes(store, b"x" * 2048, "big.bin")
+    assert await store.small_object(big, await store.meta(big), "application/octet-stream") is None
+    assert store.small.get(big) is None, "larger than max_object, yet cached"
+
+
+async def test_a_damaged_or_missing_meta_is_named_with_the_way_to_repair_it(tmp_path):
+    store = object_store(tmp_path)
+    oid = await put_bytes(store, b"bytes with a meta", "m.txt")
+    meta_path = store.layout.object_dir(oid) / "meta.json"
+    good = meta_path.read_bytes()
+    meta_path.write_bytes(good[:20])
+    with pytest.raises(DamagedRecord) as caught:
+        await store.meta(oid)
+    assert caught.value.extra["damaged"] == f"{oid[:2]}/{oid[2:]}/meta.json"
+    assert "not valid JSON" in str(caught.value) and "uploading the same bytes again also repairs it" in str(caught.value)
+    meta_path.write_text('["a list"]')
+    with pytest.raises(DamagedRecord, match=f"damaged record {oid[:2]}/{oid[2:]}/meta.json: not an object's meta"):
+        await store.meta(oid)
+    meta_path.unlink()
+    with pytest.raises(NotFound, match=f"file not found: {oid}"):
+        await store.meta(oid)
+
+
+@pytest.mark.parametrize("stored_name", ["../../../etc/passwd", "a/b", "", ".", "..", 7])
+def test_a_meta_whose_stored_name_leaves_the_object_is_damage(tmp_path, stored_name):
+    od = tmp_path / "od"
+    od.mkdir()
+    (od / "meta.json").write_text(json.dumps({"stored_name": stored_name, "size": 0}))
+    assert verify_object(od, "0" * 64) == (0, "meta.json has no usable stored_name")
+
+
+async def test_the_object_listing_pages_by_id_and_skips_what_it_cannot_read(tmp_path):
+    store = object_store(tmp_path)
+    ids = sorted([await put_bytes(store, f"object {n}".encode(), f"{n}.txt") for n in range(5)])
+    page = await store.list(limit=2)
+    assert [m["file_id"] for m in page["files"]] == ids[:2] and page["next_cursor"] == ids[1]
+    walked, after = [], None
+    while True:
+        page = await store.list(limit=2, after=after)
+        walked += [m["file_id"] for m in page["files"]]
+        if page["next_cursor"] is None:
+            break
+        after = page["next_cursor"]
+    assert walked == ids
+    (store.layout.object_dir(ids[2]) / "meta.json").unlink()  # as if deleted between the listing and the read
+    assert [m["file_id"] for m in (await store.list(limit=10))["files"]] == ids[:2] + ids[3:]
+    (store.layout.object_dir(ids[2]) / "meta.json").write_text("{")
+    found: list[str] = []
+    token = damage.SKIPPED.set(found)
+    try:
+        listed = await store.list(limit=10)
+    finally:
+        damage.SKIPPED.reset(token)
+    assert [m["file_id"] for m in listed["files"]] == ids[:2] + ids[3:]
+    assert found == [f"{ids[2][:2]}/{ids[2][2:]}/meta.json"]
+    with pytest.raises(BadRequest, match="malformed cursor: expected a file_id"):
+        await store.list(limit=2, after="not-an-id")
 
 
 # -- damaged records met by a listing -------------------------------------------------------------
