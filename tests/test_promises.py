@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import time
 from pathlib import Path
 
 import pytest
@@ -558,6 +559,29 @@ async def test_the_object_listing_pages_by_id_and_skips_what_it_cannot_read(tmp_
     assert found == [f"{ids[2][:2]}/{ids[2][2:]}/meta.json"]
     with pytest.raises(BadRequest, match="malformed cursor: expected a file_id"):
         await store.list(limit=2, after="not-an-id")
+
+
+def test_the_temp_sweep_removes_old_temps_anywhere_names_each_and_leaves_young_ones(tmp_path):
+    store = object_store(tmp_path)
+    root = store.layout.root
+    old_file, old_dir, young = store.layout.tmp / "upload-1.tmp", store.layout.tmp / "trash-1", store.layout.tmp / "upload-2.tmp"
+    old_file.write_bytes(b"partial")
+    old_dir.mkdir()
+    (old_dir / "inside").write_bytes(b"x")
+    young.write_bytes(b"in flight")
+    (root / "sessions").mkdir()
+    beside = root / "sessions" / ".7.json.0123abcd.tmp"
+    beside.write_text("{")
+    record = root / "sessions" / "7.json"
+    record.write_text("{}")
+    for path in (old_file, old_dir, beside, record):
+        t = time.time() - 3600
+        os.utime(path, (t, t))
+    removed = store.sweep_temps(max_age=60)
+    assert sorted(removed) == sorted(["upload-1.tmp", "trash-1", "sessions/.7.json.0123abcd.tmp"])
+    assert not old_file.exists() and not old_dir.exists() and not beside.exists()
+    assert young.exists() and record.exists(), "a young temp or a record was swept"
+    assert store.sweep_temps(max_age=60) == []
 
 
 # -- damaged records met by a listing -------------------------------------------------------------
