@@ -189,12 +189,20 @@ def test_the_compact_index_with_writes_layered_over_it_agrees_with_brute_force()
             assert walked == whole
     assert len(index) == len(entries)
     assert sorted(index) == sorted(entries.values())
+    assert all(index.get(rid) == entry[1:] for rid, entry in entries.items()), "get of a frozen or written row"
+    assert all(rid in index for rid in entries)
 
 
 def test_the_compact_index_answers_get_and_len_and_skips_rows_without_a_span():
     rows = [(10, 100, 200, "cam-a"), (20, 150, None, "cam-b"), (30, 300, 300, None)]
     spans = frozen(rows, [None, "cam-a", "cam-b"], rows_without_span=2)
     assert len(spans) == 3
+    first = frozen(rows, [None, "cam-a", "cam-b"])  # the first row, at position 0, has a span
+    assert first.position(10) == 0 and first.get(10) == (100, 200, "cam-a") and first.position(11) == -1
+    with pytest.raises(ValueError, match="end before start"):
+        SpanIndex(first).add(40, 500, 499, None)
+    with pytest.raises(ValueError, match="end before start"):
+        TimeIndex().add(40, 500, 499, None)
     assert spans.get(10) == (100, 200, "cam-a") and spans.get(20) == (150, None, "cam-b")
     assert spans.get(30) == (300, 300, None)
     assert spans.get(-1) is None and spans.get(15) is None  # a row without a span; no such row
@@ -212,9 +220,9 @@ def test_the_compact_index_answers_get_and_len_and_skips_rows_without_a_span():
     two = SpanIndex(frozen([(1, 100, 101, None), (2, 150, None, None), (3, 200, 201, None)], [None]))
     assert answers(two, None, None, None, True) == [(100, 1), (150, 2), (200, 3)]
     assert answers(two, None, None, None, False, limit=2) == [(100, 1), (150, 2)]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="columns of different lengths"):
         FrozenSpans(spans.ids, spans.starts, spans.ends, array("i"), spans.group_values, spans.order, [])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="a run outside the order column"):
         FrozenSpans(spans.ids, spans.starts, spans.ends, spans.groups, spans.group_values, spans.order,
                     [(-1, 0, 0, len(spans.order) + 1, None)])
 
