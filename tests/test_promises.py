@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from storaged import config as cfg
-from storaged.errors import BadRequest, DamagedRecord, NotFound, StoragedError
+from storaged.errors import BadRequest, DamagedRecord, NotFound, PayloadTooLarge, StoragedError
 from storaged.store import atomic, damage
 from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
@@ -559,6 +559,54 @@ async def test_the_object_listing_pages_by_id_and_skips_what_it_cannot_read(tmp_
     assert found == [f"{ids[2][:2]}/{ids[2][2:]}/meta.json"]
     with pytest.raises(BadRequest, match="malformed cursor: expected a file_id"):
         await store.list(limit=2, after="not-an-id")
+
+
+async def test_an_upload_in_many_small_chunks_is_stored_whole_with_its_type_up_to_the_limit(tmp_path):
+    """Chunks smaller than the write buffer are gathered before each write: every byte reaches the file and
+    the hash, in order; exactly ``max_size`` bytes is allowed, one more is refused and leaves nothing."""
+    layout = Layout(tmp_path)
+    layout.ensure()
+    store = ObjectStore(layout, max_size=1000, chunk_size=256)
+    parts = [bytes([65 + n % 26]) * 100 for n in range(10)]  # 1000 bytes in 100-byte chunks
+
+    async def chunks(items):
+        for item in items:
+            yield item
+    meta = await store.put(chunks(parts), "whole.bin", "video/quicktime")
+    body = b"".join(parts)
+    assert meta["file_id"] == hashlib.sha256(body).hexdigest() and meta["size"] == 1000
+    assert store.data_path(meta["file_id"], meta).read_bytes() == body
+    assert meta["content_type"] == "video/quicktime" and meta["deduplicated"] is False
+    with pytest.raises(PayloadTooLarge, match="larger than the limit of 1000 bytes"):
+        await store.put(chunks([*parts, b"!"]), "over.bin")
+    assert os.listdir(layout.tmp) == [] and len(list(layout.object_ids())) == 1
+
+
+def test_a_batch_of_files_is_stored_in_order_with_names_and_types_and_repeats_deduplicated(tmp_path):
+    """put_files_blocking (a worker's clips): each answer in the order given; the second copy of the same
+    bytes in one batch answers the first's object as deduplicated; every temp is gone."""
+    layout = Layout(tmp_path)
+    layout.ensure()
+    store = ObjectStore(layout, max_size=100)
+    srcs = []
+    for n, body in enumerate([b"first clip", b"second clip", b"first clip"]):
+        srcs.append(layout.tmp / f"src{n}")
+        srcs[-1].write_bytes(body)
+    out = store.put_files_blocking([(srcs[0], "a.mp4", "video/mp4"), (srcs[1], "b.mkv", "video/x-matroska"),
+                                    (srcs[2], "c.mp4", None)], threads=2)
+    assert [m["file_id"] for m in out] == [hashlib.sha256(b).hexdigest()
+                                           for b in (b"first clip", b"second clip", b"first clip")]
+    assert [(m["name"], m["content_type"], m["size"], m["deduplicated"]) for m in out] == \
+        [("a.mp4", "video/mp4", 10, False), ("b.mkv", "video/x-matroska", 11, False), ("a.mp4", "video/mp4", 10, True)]
+    assert [store.data_path(m["file_id"], m).read_bytes() for m in out] == [b"first clip", b"second clip", b"first clip"]
+    assert os.listdir(layout.tmp) == [], "a batch left temps behind"
+    big = layout.tmp / "big"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(PayloadTooLarge):
+        store.put_files_blocking([(big, "big.bin", None)])
+    exact = layout.tmp / "exact"
+    exact.write_bytes(b"y" * 100)
+    assert store.put_files_blocking([(exact, "exact.bin", None)])[0]["size"] == 100
 
 
 def test_the_temp_sweep_removes_old_temps_anywhere_names_each_and_leaves_young_ones(tmp_path):
