@@ -27,7 +27,7 @@ from storaged.errors import BadRequest, DamagedRecord, NotFound, PayloadTooLarge
 from storaged.store import atomic, damage
 from storaged.store.atomic import PathLock, SharedExclusive, async_lock, dumps, write_bytes, write_json
 from storaged.store.layout import Layout
-from storaged.store.objects import ObjectStore, verify_object
+from storaged.store.objects import ObjectStore, clean_name, safe_filename, verify_object
 from storaged.store.records import RecordStore
 from storaged.store.smallobjects import SmallObject, SmallObjects, read_verified
 from storaged.store.timeindex import TimeIndex
@@ -559,6 +559,30 @@ async def test_the_object_listing_pages_by_id_and_skips_what_it_cannot_read(tmp_
     assert found == [f"{ids[2][:2]}/{ids[2][2:]}/meta.json"]
     with pytest.raises(BadRequest, match="malformed cursor: expected a file_id"):
         await store.list(limit=2, after="not-an-id")
+
+
+@pytest.mark.parametrize("given, kept, stored", [
+    (None, "file", "file"), ("", "file", "file"), ("..", "file", "file"), (" . ", "file", "file"),
+    ("a/b/../c.MP4", "c.MP4", "c.mp4"), ("C:\\x\\evil.exe", "evil.exe", "evil.exe"),
+    (".hidden", "hidden", "hidden"), ("r\u00e9 sum\u00e9.pdf", "r\u00e9 sum\u00e9.pdf", "re_sume.pdf"),
+    ("bad\x00name\x1b.mp4", "badname.mp4", "badname.mp4"), ("\u65e5\u672c.mkv", "\u65e5\u672c.mkv", "file.mkv"),
+    ("-_.weird._-.MoV", "-_.weird._-.MoV", "weird.mov"), ("archive.tar.gz", "archive.tar.gz", "archive.tar.gz"),
+    ("  spaced  .txt", "spaced  .txt", "spaced.txt"), ("a." + "e" * 30, "a." + "e" * 30, "a." + "e" * 16),
+    ("meta.json", "meta.json", "file_meta.json"), ("the_file", "the_file", "file_the_file"),
+    ("analysis", "analysis", "file_analysis"), ("x\r\nSet-Cookie: a=b.mp4", "xSet-Cookie: a=b.mp4", "xSet-Cookie_a_b.mp4"),
+    ("cafe\u0301.txt", "caf\u00e9.txt", "cafe.txt"),
+])
+def test_an_upload_name_is_kept_clean_and_stored_under_a_safe_ascii_name(given, kept, stored):
+    assert (clean_name(given), safe_filename(given)) == (kept, stored)
+
+
+def test_a_long_upload_name_is_cut_in_its_stem_and_keeps_its_extension():
+    """A 5,000-character name keeps its extension (the served type comes from the stored name)."""
+    kept = clean_name("a" * 5000 + ".mp4")
+    assert len(kept) == 255 and kept.endswith("a.mp4")
+    assert safe_filename("a" * 5000 + ".mp4") == "a" * 100 + ".mp4"
+    assert clean_name("b" * 300) == "b" * 255, "no extension: cut at the bound"
+    assert len(clean_name("c" * 300 + "." + "x" * 40)) == 255, "no extension worth keeping: cut at the bound"
 
 
 async def test_an_upload_in_many_small_chunks_is_stored_whole_with_its_type_up_to_the_limit(tmp_path):

@@ -107,7 +107,12 @@ def clean_name(name: str | None) -> str:
     name = re.split(r"[\\/]", name)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
     name = name.strip().strip(".") or "file"
-    return name[:MAX_NAME_CHARS]
+    if len(name) > MAX_NAME_CHARS:
+        # Cut the stem, not the extension: the stored name's extension gives the served type.
+        stem, dot, ext = name.rpartition(".")
+        keep = MAX_NAME_CHARS - len(ext) - 1
+        name = f"{stem[:keep]}.{ext}" if dot and stem and 0 < len(ext) <= 16 else name[:MAX_NAME_CHARS]
+    return name
 
 
 def safe_filename(name: str | None) -> str:
