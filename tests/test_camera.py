@@ -127,6 +127,24 @@ async def test_process_obj_is_listed_exactly_as_the_contract(client, cam1):
     assert listed["list"][0]["running"] is False
 
 
+async def test_processes_are_listed_oldest_request_first_within_one_second(client, cam1, monkeypatch):
+    """Ids carry the request's second and a random prefix: three requests in one second whose prefixes
+    sort against their order are still listed in the order they were made (the contract test met this)."""
+    from storaged.camera import convert
+    prefixes = iter(["ZZZZZZZZ", "MMMMMMMM", "AAAAAAAA"])
+    monkeypatch.setattr(convert, "new_process_id", lambda requested: next(prefixes) + "-20240101-080000")
+    made = []
+    for _ in range(3):
+        status, out = await post(client, "/convert/createZip", {**FULL, "save": True, "skip": 9})
+        assert status == 200, out
+        made.append(out["id"])
+    _, listed = await post(client, "/convert/listProcess")
+    assert [p["id"] for p in listed["list"]] == made == ["ZZZZZZZZ-20240101-080000", "MMMMMMMM-20240101-080000",
+                                                         "AAAAAAAA-20240101-080000"]
+    for pid in made:
+        await finished(client, pid)
+
+
 async def test_create_zip_is_stored_and_skip_takes_every_nth(client, cam1, data_dir):
     status, out = await post(client, "/convert/createZip", {**FULL, "save": True, "skip": 4})
     assert status == 200 and out["frameLimitMet"] is False

@@ -240,7 +240,9 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     args.update(camera_dir=f"camera/{n}", lo=lo, hi=hi, skip=skip, limit=cam.frame_limit,
                 expected=min(selected, cam.frame_limit), output=f"shared/captures/{name}")
     meta = {"id": pid, "camera": n, "start": start_key, "end": end_key, "type": kind, "fileName": name,
-            "requestedDateTime": images.key_of(requested), "save": save}
+            "requestedDateTime": images.key_of(requested), "save": save,
+            # The id and requestedDateTime carry whole seconds; this orders requests within one.
+            "requested_ns": time.time_ns()}
     await cam.processes.submit(pid, convert.KIND_VIDEO if kind == "mp4" else convert.KIND_ZIP, args, meta)
     return web.json_response({"id": pid, "url": f"/shared/captures/{name}", "frameLimitMet": limit_met})
 

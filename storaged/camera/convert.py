@@ -237,14 +237,20 @@ class ProcessService:
 
     async def list(self) -> list[dict]:
         names = await asyncio.to_thread(_listdir, self.root)
-        out = []
-        for name in sorted(names, key=lambda n: (n[9:], n)):
+        found = []
+        for name in names:
             if not PROCESS_ID_RE.match(name):
                 continue
             try:
                 state = await self.jobs.state(self.root / name)
             except NotFound:
                 continue
+            # Oldest request first: its second (in the id), then its time within the second (processes
+            # made before requested_ns was kept have none and go first), then the id.
+            requested_ns = state.config.get("requested_ns")
+            found.append(((name[9:], requested_ns if isinstance(requested_ns, int) else 0, name), state))
+        out = []
+        for _, state in sorted(found, key=lambda item: item[0]):
             try:
                 out.append(self.process_obj(state.config, not state.final))
             except KeyError:
