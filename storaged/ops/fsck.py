@@ -387,11 +387,12 @@ class Fsck:
         identity = read_pidfile(pidfile)
         if identity is not None and identity.alive():
             return
-        has_results = (job_dir / RESULTS).exists()
+        finished_for = _age(job_dir / RESULTS, time.time())
+        has_results = finished_for is not None
         if not pidfile.exists():
             # Its worker finished between our looks (results, then no pid file, then exit): not stale.
             return
-        if has_results and (_age(job_dir / RESULTS, time.time()) or 0.0) <= QUEUE_GRACE:
+        if has_results and finished_for <= QUEUE_GRACE:
             # Finished a moment ago: the runner drops the pid file when it reaps the worker.
             return
         detail = "pid file of a dead worker" + ("" if has_results else ", and no results")
@@ -435,9 +436,8 @@ class Fsck:
                 detail = f"names {self.rel(job_dir)}, which is not a job"
             else:
                 identity = read_pidfile(job_dir / PIDFILE)
-                finished = _final(job_dir)
-                finished_for = _age(job_dir / RESULTS, now) or 0.0
-                if finished and (identity is None or not identity.alive()) and finished_for > QUEUE_GRACE:
+                if _final(job_dir) and (identity is None or not identity.alive()) \
+                        and (_age(job_dir / RESULTS, now) or 0.0) > QUEUE_GRACE:
                     detail = f"names {self.rel(job_dir)}, which has finished"
             if detail is None:
                 continue
